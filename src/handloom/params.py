@@ -1,0 +1,159 @@
+"""Typed params.yaml: one pydantic model per stage; a bad key stops a stage before any work."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- ingest ------------------------------------------------------------------------------------
+class SyntheticParams(Section):
+    seed: int = 0
+    n_sequences: int = Field(24, ge=1)
+    n_frames: int = Field(6, ge=1)
+    n_cameras: int = Field(3, ge=1)
+    image_size: int = Field(256, ge=32)
+    two_hand_prob: float = Field(0.2, ge=0, le=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)   # of sequences, assigned by hash of the sequence id
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class IngestParams(Section):
+    """One entry per dataset; dvc.yaml's `foreach` runs `ingest@<name>` for each."""
+
+    synthetic: SyntheticParams | None = SyntheticParams()
+
+
+# --- annotate ----------------------------------------------------------------------------------
+class AnnotateParams(Section):
+    min_detection_confidence: float = Field(0.1, ge=0, le=1)
+    workers: int = Field(0, ge=0)  # 0 = one per core
+    mask_backend: Literal["ground_truth"] = "ground_truth"
+    caption_backend: Literal["template"] = "template"
+
+
+# --- shard -------------------------------------------------------------------------------------
+class ShardParams(Section):
+    crop_size: int = Field(256, ge=32)
+    max_samples: int = Field(1000, ge=1)   # per shard, before a sequence boundary closes it
+    max_mb: float = Field(64, gt=0)
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+# --- train -------------------------------------------------------------------------------------
+class ModelParams(Section):
+    patch_size: int = Field(4, ge=1)
+    hidden_size: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    mask_head: bool = False
+
+
+class TrainParams(Section):
+    seed: int = 0
+    resolution: int = Field(64, ge=8)
+    conditioning: Literal["heatmaps42", "fingers11", "annotated3"] = "heatmaps42"
+    heatmap_sigma: float = Field(1.5, gt=0)
+    model: ModelParams = ModelParams()
+    prediction: Literal["eps", "v"] = "eps"
+    diffusion_steps: int = Field(1000, ge=10)
+    batch_size: int = Field(16, ge=1)
+    max_steps: int = Field(300, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    ema_decay: float = Field(0.99, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    p_drop_reference: float = Field(0.1, ge=0, le=1)
+    p_drop_pose: float = Field(0.1, ge=0, le=1)
+    p_drop_both: float = Field(0.05, ge=0, le=1)
+    mask_loss_weight: float = Field(0.5, ge=0)
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    sample_every_n_steps: int = Field(100, ge=1)
+    log_every_n_steps: int = Field(10, ge=1)
+
+
+# --- evaluate / report -------------------------------------------------------------------------
+class EvaluateParams(Section):
+    seed: int = 0
+    n_pairs: int = Field(32, ge=1)
+    sample_steps: int = Field(25, ge=1)
+    appearance_scale: float = Field(1.5, ge=0)
+    pose_scale: float = Field(1.5, ge=0)
+
+
+class ReportParams(Section):
+    grid_rows: int = Field(8, ge=1)
+
+
+class Params(Section):
+    ingest: IngestParams = IngestParams()
+    annotate: AnnotateParams = AnnotateParams()
+    shard: ShardParams = ShardParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+
+class ParamsError(ValueError):
+    """params.yaml does not validate; the message lists every offending key path."""
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "extra_forbidden": "unknown key",
+    "literal_error": "must be one of {expected}",
+}
+
+
+def _describe(error: dict) -> str:
+    """`train.model.depth: must be ≥ 1` from one pydantic error."""
+    path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    template = _MESSAGES.get(error["type"])
+    message = template.format(**error.get("ctx", {})) if template else error["msg"].lower()
+    return f"{path}: {message}"
+
+
+def parse_params(data: dict | None) -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key path."""
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as e:
+        raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(_describe(err) for err in e.errors())) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ParamsError(f"invalid params.yaml: not YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ParamsError("invalid params.yaml: the top level must be a mapping of stage sections")
+    return parse_params(data)
+
+
+def stage_params(path: str | Path = "params.yaml") -> Params:
+    """For stage scripts: print the error and exit 2 before any work when params.yaml is bad."""
+    try:
+        return load_params(path)
+    except (ParamsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

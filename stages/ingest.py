@@ -1,0 +1,17 @@
+"""DVC stage ingest@<dataset>: native dataset -> data/ingest/<dataset> (manifest, images, rejects)."""
+import sys
+from pathlib import Path
+
+from handloom.datasets.ingest import ingest
+from handloom.params import stage_params
+
+
+def main(dataset: str) -> None:
+    params = stage_params()
+    out = Path("data/ingest") / dataset
+    writer = ingest(dataset, getattr(params.ingest, dataset), out)
+    print(f"ingest@{dataset}: {len(writer.rows)} samples, {len(writer.rejects)} rejects -> {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
