@@ -190,6 +190,15 @@ class Reject:
     GT_DISAGREEMENT = "gt_disagreement"
 
 
+# --- File names inside each stage's output directory -------------------------------------------
+MANIFEST_FILE = "manifest.parquet"      # data/ingest/<dataset>/
+IMAGES_DIR = "images"                   # data/ingest/<dataset>/images/part-NNNNN.parquet (IMAGES)
+REJECTS_FILE = "rejects.parquet"        # beside the output of every stage that can reject
+ANNOTATIONS_FILE = "annotations.parquet"  # data/annotations/<dataset>/
+INDEX_FILE = "index.parquet"            # data/shards/ (SHARD_INDEX)
+PAIRS_FILE = "pairs.parquet"            # data/shards/ (PAIRS)
+STATS_DIR = "stats"                     # data/shards/stats/<shard>.json, like img2dataset
+
 # --- Shard members ---------------------------------------------------------------------------
 SHARD_MEMBERS = ("jpg", "mask.png", "kpts.npy", "json")
 SHARD_PATTERN = "{split}-{index:05d}.tar"

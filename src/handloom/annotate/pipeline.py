@@ -14,7 +14,6 @@ from handloom.datasets.store import iter_images, keypoints_array, read_manifest
 from handloom.io import decode_image, encode_png, write_table
 from handloom.params import AnnotateParams
 
-ANNOTATIONS_FILE = "annotations.parquet"
 CHUNK = 256  # images decoded at once: bounds memory whatever the dataset size
 
 
@@ -41,8 +40,8 @@ def annotate_dataset(ingest_dir: Path, out_dir: Path, p: AnnotateParams) -> dict
             gt = keypoints_array(record.gt_keypoints)
             if gt is not None:
                 pairs.append((found[i].keypoints, gt))
-    write_table(out_dir / "rejects.parquet", schema.table_from_rows(rejects, schema.REJECTS))
-    write_table(out_dir / ANNOTATIONS_FILE, schema.table_from_rows(rows, schema.ANNOTATIONS))
+    write_table(out_dir / schema.REJECTS_FILE, schema.table_from_rows(rejects, schema.REJECTS))
+    write_table(out_dir / schema.ANNOTATIONS_FILE, schema.table_from_rows(rows, schema.ANNOTATIONS))
     return dataset_stats(len(keys), rows, rejects, pairs)
 
 

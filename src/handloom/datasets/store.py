@@ -13,9 +13,8 @@ import pyarrow.parquet as pq
 from handloom import schema
 from handloom.io import encode_jpeg, encode_png, read_table, sha256, write_table
 
-MANIFEST_FILE = "manifest.parquet"
-REJECTS_FILE = "rejects.parquet"
-IMAGES_DIR = "images"
+from handloom.schema import IMAGES_DIR, MANIFEST_FILE, REJECTS_FILE
+
 IMAGES_PER_PART = 1000
 
 

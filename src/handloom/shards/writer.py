@@ -14,15 +14,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from handloom import schema
-from handloom.annotate.pipeline import ANNOTATIONS_FILE
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest
 from handloom.io import atomic_path, decode_image, encode_jpeg, read_table, write_json, write_table
 from handloom.params import ShardParams
 from handloom.shards.pairs import make_pairs
-
-INDEX_FILE = "index.parquet"
-PAIRS_FILE = "pairs.parquet"
-STATS_DIR = "stats"
 
 
 @dataclass
@@ -81,7 +76,7 @@ def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> S
         mask = cv2.resize(mask, (p.crop_size, p.crop_size), interpolation=cv2.INTER_NEAREST)
     kpts = keypoints * np.float32([scale, scale, 1])
     meta = dict(key=key, dataset=record.dataset, caption=annotation.caption, metadata=json.loads(record.metadata),
-                mp_keypoints=(mp * np.float32([scale, scale, 1])).tolist(), mp_scores=list(annotation.mp_scores),
+                mp_keypoints=(mp * np.float32([scale, scale, 1])).tolist(), mp_scores=[float(s) for s in annotation.mp_scores],
                 keypoint_source="ground_truth" if gt is not None else "mediapipe",
                 mask_backend=annotation.mask_backend, caption_backend=annotation.caption_backend,
                 license=record.license, source=record.source)
@@ -98,7 +93,7 @@ def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> S
 def iter_sequences(ingest_dir: Path, annotate_dir: Path, p: ShardParams, rejects: list) -> Iterator[list[Sample]]:
     """Samples of one dataset, streamed in key order and grouped by (split, sequence)."""
     manifest = read_manifest(ingest_dir).set_index("key")
-    annotations = read_table(annotate_dir / ANNOTATIONS_FILE).to_pandas().set_index("key")
+    annotations = read_table(annotate_dir / schema.ANNOTATIONS_FILE).to_pandas().set_index("key")
     group, group_id = [], None
     for key, jpeg, _ in tqdm(iter_images(ingest_dir), total=len(manifest), desc=f"shard {ingest_dir.name}"):
         if key not in annotations.index:
@@ -130,7 +125,7 @@ def write_dataset_shards(dataset: str, ingest_dir: Path, annotate_dir: Path, out
         counters[plan_split] += 1
         offsets = write_tar(out_dir / name, plan.samples)
         rows.extend(dict(s.index, shard=name, offset=o) for s, o in zip(plan.samples, offsets))
-        write_json(out_dir / STATS_DIR / f"{name}.json", shard_stats(name, plan))
+        write_json(out_dir / schema.STATS_DIR / f"{name}.json", shard_stats(name, plan))
         plan = ShardPlan(p)
 
     for sequence in iter_sequences(ingest_dir, annotate_dir, p, rejects):
@@ -157,8 +152,8 @@ def write_shards(datasets: dict[str, tuple[Path, Path]], out_dir: Path, p: Shard
         rows += write_dataset_shards(name, ingest_dir, annotate_dir, out_dir, p, rejects)
     index = schema.table_from_rows(rows, schema.SHARD_INDEX)
     pairs = make_pairs(index.to_pandas())
-    write_table(out_dir / INDEX_FILE, index)
-    write_table(out_dir / PAIRS_FILE, pairs)
-    write_table(out_dir / "rejects.parquet", schema.table_from_rows(rejects, schema.REJECTS))
+    write_table(out_dir / schema.INDEX_FILE, index)
+    write_table(out_dir / schema.PAIRS_FILE, pairs)
+    write_table(out_dir / schema.REJECTS_FILE, schema.table_from_rows(rejects, schema.REJECTS))
     return dict(samples=len(rows), shards=len({r["shard"] for r in rows}), rejected=len(rejects),
                 pairs=pairs.num_rows)

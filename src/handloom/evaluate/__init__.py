@@ -1,0 +1,1 @@
+"""Evaluation of generated hands: image, keypoint, mask and distribution metrics."""

@@ -1,0 +1,203 @@
+"""Metrics with known answers for generated hands: image (PSNR, SSIM, FID/KID), keypoint (MPJPE, PCK, DAP,
+joint ratios) and mask (IoU)."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+from torchvision.models.inception import BasicConv2d
+
+from handloom.schema import HANDS, JOINTS_PER_HAND, hand_box
+from handloom.shards.conditioning import bone_ratios, visible_joints
+
+
+# --- Images: (N, C, H, W) tensors, one value per image -------------------------------------------
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+    """(N,) peak signal-to-noise ratio in dB; identical images give inf."""
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+    """(N,) structural similarity (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03); identical images give 1."""
+    return structural_similarity_index_measure(a.double(), b.double(), data_range=data_range, reduction="none")
+
+
+# --- Keypoints: (..., 42, 3) arrays, pooled over every joint counted -----------------------------
+def _joint_errors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(np.asarray(pred, np.float64)[..., :2] - np.asarray(gt, np.float64)[..., :2], axis=-1)
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+def mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean per-joint position error in pixels over joints seen in both (confidence > 0); NaN if none."""
+    both = visible_joints(pred) & visible_joints(gt)
+    return _mean_or_nan(_joint_errors(pred, gt)[both])
+
+
+def _hand_box_sizes(gt: np.ndarray) -> np.ndarray:
+    """(..., 42) max side of the tight box of each joint's hand in the ground truth (NaN: hand absent)."""
+    gt = np.asarray(gt)
+    flat = gt.reshape(-1, *gt.shape[-2:])
+    sizes = np.full(flat.shape[:2], np.nan)
+    for i, keypoints in enumerate(flat):
+        for h, hand in enumerate(HANDS):
+            box = hand_box(keypoints, hand)
+            if box is not None:
+                sizes[i, h * JOINTS_PER_HAND:(h + 1) * JOINTS_PER_HAND] = max(box[2] - box[0], box[3] - box[1])
+    return sizes.reshape(gt.shape[:-1])
+
+
+def _correct_joints(pred: np.ndarray, gt: np.ndarray, threshold: float) -> np.ndarray:
+    """Joints seen in both that lie within threshold x their ground-truth hand box size."""
+    both = visible_joints(pred) & visible_joints(gt)
+    return both & (_joint_errors(pred, gt) <= threshold * _hand_box_sizes(gt))
+
+
+def pck(pred: np.ndarray, gt: np.ndarray, threshold: float) -> float:
+    """Share of joints seen in both within threshold x the ground-truth hand's box size (max side)."""
+    counted = visible_joints(pred) & visible_joints(gt)
+    return _mean_or_nan(_correct_joints(pred, gt, threshold)[counted])
+
+
+def dap(pred: np.ndarray, gt: np.ndarray, threshold: float) -> float:
+    """Pelykh's detection-aware PCK: PCK over every joint the ground truth shows.
+
+    A joint (or whole hand) the detector did not find in the generated image counts as a failure
+    instead of dropping out, so a model cannot score well by producing hands nobody detects.
+    Hands found in the generated image but absent from the ground truth are not scored. dap <= pck.
+    """
+    return _mean_or_nan(_correct_joints(pred, gt, threshold)[visible_joints(gt)])
+
+
+def joint_ratio_difference(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Annotated Hands' mean joint-ratio difference: mean |ratio_pred - ratio_gt| over bones seen in both.
+
+    A bone's ratio is its length over the palm length of its hand (`conditioning.bone_ratios`), so
+    the metric measures proportions (a stretched finger, a short thumb), not position or scale.
+    """
+    difference = np.abs(bone_ratios(pred) - bone_ratios(gt))
+    return _mean_or_nan(difference[~np.isnan(difference)])
+
+
+# --- Masks ---------------------------------------------------------------------------------------
+def mask_iou(pred_mask: np.ndarray, gt_mask: np.ndarray) -> np.ndarray:
+    """(...) IoU over the last two axes; masks are bool, 0/1, probabilities or 0/255 (> 0.5 is hand).
+
+    Two empty masks agree perfectly, so their IoU is 1.
+    """
+    p, g = np.asarray(pred_mask) > 0.5, np.asarray(gt_mask) > 0.5
+    inter, union = (p & g).sum((-2, -1)), (p | g).sum((-2, -1))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+# --- Distribution metrics on features ------------------------------------------------------------
+def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID between Gaussians fitted to two (N, D) feature sets."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    # tr sqrt(cov_r cov_f) = tr sqrt(S cov_f S) with S = sqrt(cov_r): symmetric, so eigh is stable.
+    w, v = np.linalg.eigh(cov_r)
+    s = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(s @ cov_f @ s), 0, None)).sum()
+    mean_term = np.sum((real.mean(0) - fake.mean(0)) ** 2)
+    return float(mean_term + np.trace(cov_r) + np.trace(cov_f) - 2 * trace_sqrt)
+
+
+def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subset_size: int, subsets: int = 100,
+                              seed: int = 0) -> tuple[float, float]:
+    """KID (mean, std): unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3 over random subsets.
+
+    The subset size is capped at the smaller set, so small evaluation runs still give a value.
+    """
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    m, d = min(subset_size, len(real), len(fake)), real.shape[1]
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(subsets):
+        x, y = real[rng.choice(len(real), m, replace=False)], fake[rng.choice(len(fake), m, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        scores.append(within - 2 * kxy.mean())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, kid_subset_size: int = 1000) -> dict[str, float]:
+    """FID and KID from (N, D) feature arrays (Pelykh: Inception dim 192 on the foreground)."""
+    kid_mean, kid_std = kernel_inception_distance(real_features, fake_features, kid_subset_size)
+    return {"fid": frechet_distance(real_features, fake_features), "kid_mean": kid_mean, "kid_std": kid_std}
+
+
+class Inception192(nn.Module):
+    """Inception-v3 up to its 192-channel block, average-pooled: pytorch-fid's `dims=192` feature.
+
+    Layer names match torchvision's Inception3 and pytorch-fid's FID Inception, so either's state
+    dict loads into it. Takes RGB in [0, 1] at any size (resized to 299, as those do).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1  # (N, 3, 299, 299)
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))  # (N, 64, 147, 147)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)                        # (N, 64, 73, 73)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))                       # (N, 192, 71, 71)
+        x = F.max_pool2d(x, kernel_size=3, stride=2)                        # (N, 192, 35, 35)
+        return x.mean((2, 3))                                               # (N, 192)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """torch.jit.save archives hold constants.pkl; torch.save state dicts do not."""
+    return zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist())
+
+
+def load_feature_extractor(path: str | Path, module: nn.Module | None = None) -> nn.Module:
+    """A feature extractor from a local file, in eval mode; nothing is ever downloaded.
+
+    A TorchScript archive loads as is. Anything else is a state dict, read with weights_only=True
+    into `module` (default Inception192); keys the module lacks (e.g. the rest of a full
+    Inception-v3 checkpoint) are ignored, keys it needs must all be there.
+    """
+    path = Path(path)
+    if _is_torchscript(path):
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    module = Inception192() if module is None else module
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    wanted = module.state_dict()
+    module.load_state_dict({k: v for k, v in state.items() if k in wanted})
+    return module.eval()
+
+
+def extract_features(extractor: nn.Module, images: torch.Tensor, foreground_masks: torch.Tensor | None = None,
+                     batch_size: int = 64) -> np.ndarray:
+    """(N, D) float64 features of (N, 3, H, W) images, in the range the extractor expects ([0, 1] for Inception192).
+
+    With foreground masks ((N, H, W) or (N, 1, H, W); > 0.5 is hand) the background is set to 0 first, so the
+    features (and FID/KID) describe the hands only, as Pelykh evaluates.
+    """
+    device = next(iter(extractor.parameters()), torch.empty(0)).device
+    features = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(device, torch.float32)
+            if foreground_masks is not None:
+                m = foreground_masks[i:i + batch_size].to(device) > 0.5  # same reading of a mask as mask_iou
+                x = x * (m if m.dim() == 4 else m[:, None])
+            out = extractor(x)
+            out = out[0] if isinstance(out, (tuple, list)) else out  # some extractors return (features, ...)
+            features.append(out.flatten(1).double().cpu().numpy())
+    return np.concatenate(features) if features else np.zeros((0, 0))

@@ -1,0 +1,117 @@
+"""The evaluate stage: generate targets for held-out pairs, score them against the real targets and a
+same-seed untrained model, and read the hands back through MediaPipe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+
+from handloom import schema
+from handloom.annotate.keypoints import detect_hands, make_detector
+from handloom.evaluate import metrics
+from handloom.io import atomic_path, read_table
+from handloom.params import EvaluateParams, TrainParams
+from handloom.shards.reader import read_sample, to_example
+from handloom.train.fit import example_spec, load_module, train_config
+from handloom.train.module import HandDiffusionModule, to_uint8_image
+
+SAMPLES_FILE = "samples.npz"
+DETECTION_SIZE = 256  # generated images are upscaled so MediaPipe's palm detector sees a hand-sized object
+CONFIDENT = 0.9
+
+
+def choose_pairs(shards_dir: Path, n: int, seed: int) -> pd.DataFrame:
+    """n held-out pairs, balanced over pair kinds, drawn with a fixed seed (val, else test, else train)."""
+    pairs = read_table(shards_dir / schema.PAIRS_FILE).to_pandas()
+    split = next(s for s in ("val", "test", "train") if (pairs.split == s).any())
+    pairs = pairs[pairs.split == split]
+    per_kind = [g.sample(min(len(g), max(1, n // pairs.kind.nunique())), random_state=seed)
+                for _, g in pairs.groupby("kind", sort=True)]
+    return pd.concat(per_kind).head(n).reset_index(drop=True)
+
+
+def load_examples(shards_dir: Path, pairs: pd.DataFrame, p: TrainParams) -> tuple[dict, np.ndarray]:
+    """A batch of examples for the pairs, and the targets' keypoints at the model's resolution."""
+    index = read_table(shards_dir / schema.INDEX_FILE).to_pandas().set_index("key")
+
+    def sample(key):
+        row = index.loc[key]
+        return read_sample(shards_dir, row.shard, int(row.offset))
+
+    examples, keypoints = [], []
+    for ref, tgt, kind in pairs[["reference", "target", "kind"]].itertuples(index=False):
+        target = sample(tgt)
+        examples.append(to_example(sample(ref), target, kind, example_spec(p), rng=None))
+        keypoints.append(target["keypoints"] * np.float32([p.resolution / target["image"].shape[0]] * 2 + [1]))
+    batch = {k: torch.stack([e[k] for e in examples]) for k in schema.BATCH_KEYS}
+    return batch, np.stack(keypoints)
+
+
+def detect_all(images: np.ndarray, detector) -> np.ndarray:
+    """MediaPipe keypoints (N, 42, 3) at the images' own resolution."""
+    scale = images.shape[1] / DETECTION_SIZE
+    found = [detect_hands(cv2.resize(im, (DETECTION_SIZE,) * 2, interpolation=cv2.INTER_CUBIC), detector).keypoints
+             for im in images]
+    return np.stack(found) * np.float32([scale, scale, 1])
+
+
+def hand_metrics(detected: np.ndarray, target_keypoints: np.ndarray) -> dict:
+    """Detection and agreement of MediaPipe on generated hands against the target pose (Pelykh, seed 000)."""
+    target_hands = np.stack([[schema.hand_present(k, h) for h in schema.HANDS] for k in target_keypoints])
+    scores = detected[:, [0, schema.JOINTS_PER_HAND], 2]  # col 2 holds the hand's detection score
+    found = (scores > 0) & target_hands
+    return dict(
+        detection_rate=float(found.sum() / max(1, target_hands.sum())),
+        detection_confidence=float(scores[found].mean()) if found.any() else 0.0,
+        confident_share=float((scores[target_hands] > CONFIDENT).mean()) if target_hands.any() else 0.0,
+        mpjpe=metrics.mpjpe(detected, target_keypoints),
+        pck_0_2=metrics.pck(detected, target_keypoints, 0.2),
+        dap_0_2=metrics.dap(detected, target_keypoints, 0.2),
+        joint_ratio_difference=metrics.joint_ratio_difference(detected, target_keypoints))
+
+
+def image_metrics(generated: torch.Tensor, target: torch.Tensor) -> dict:
+    return dict(psnr=float(metrics.psnr(generated, target, 2.0).mean()),
+                ssim=float(metrics.ssim(generated, target, 2.0).mean()))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return np.stack([to_uint8_image(x) for x in images])
+
+
+def round_floats(d):
+    if isinstance(d, dict):
+        return {k: round_floats(v) for k, v in d.items()}
+    return round(d, 4) if isinstance(d, float) else d
+
+
+def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainParams, p: EvaluateParams) -> dict:
+    pairs = choose_pairs(shards_dir, p.n_pairs, p.seed)
+    batch, target_keypoints = load_examples(shards_dir, pairs, train_p)
+    trained = load_module(models_dir)
+    L.seed_everything(train_p.seed)
+    untrained = HandDiffusionModule(train_config(train_p)).eval()
+    generate = dict(steps=p.sample_steps, appearance_scale=p.appearance_scale, pose_scale=p.pose_scale, seed=p.seed)
+    generated, baseline = trained.sample(batch, **generate), untrained.sample(batch, **generate, use_ema=False)
+    images = {"reference": batch["reference"], "target": batch["target"], "generated": generated, "untrained": baseline}
+    pixels = {k: to_uint8(v) for k, v in images.items()}
+    with make_detector(0.1) as detector:
+        detected = {k: detect_all(pixels[k], detector) for k in ("generated", "target")}
+
+    def scores(rows: np.ndarray) -> dict:
+        return dict(image_metrics(generated[rows], batch["target"][rows]),
+                    untrained=image_metrics(baseline[rows], batch["target"][rows]),
+                    hands=hand_metrics(detected["generated"][rows], target_keypoints[rows]),
+                    hands_on_real_targets=hand_metrics(detected["target"][rows], target_keypoints[rows]))
+
+    result = dict(n_pairs=len(pairs), resolution=train_p.resolution, **scores(np.arange(len(pairs))),
+                  per_kind={k: scores(np.flatnonzero(pairs.kind == k)) for k in sorted(pairs.kind.unique())})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / SAMPLES_FILE) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **pixels, target_keypoints=target_keypoints, generated_keypoints=detected["generated"],
+                            keys=pairs.target.to_numpy(str), kinds=pairs.kind.to_numpy(str))
+    return round_floats(result)

@@ -1,0 +1,1 @@
+"""Shards: WebDataset writing and reading, reference-target pairs, and conditioning rendering."""

@@ -1,0 +1,240 @@
+"""Conditioning renderers: a 42x3 keypoint array (and mask) to the channels the DiT sees, one mode per paper."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from handloom.schema import BONES, FINGER_CHAINS, FINGERS, HANDS, JOINTS_PER_HAND, NUM_KEYPOINTS
+
+CHANNELS = {"heatmaps42": 43, "fingers11": 11, "annotated3": 3}
+SIGMA = 1.5  # Gaussian width in pixels of the model's resolution (params.yaml: heatmap_sigma)
+FINGER_GRAY = (50, 150, 250, 100, 200)  # Annotated Hands, thumb -> little; not monotone so neighbours differ
+HAND_GRAY = {"right": 200, "left": 100}  # Annotated Hands handedness channel
+# Bones of both hands in row order (right then left), as (parent, child) rows of the 42x3 array.
+BONE_PARENTS = np.array([p + h * JOINTS_PER_HAND for h in range(len(HANDS)) for p, _ in BONES])
+BONE_CHILDREN = np.array([c + h * JOINTS_PER_HAND for h in range(len(HANDS)) for _, c in BONES])
+BONES_PER_FINGER = len(BONES) // len(FINGERS)  # BONES lists each finger's chain, thumb first
+# The palm's scale: wrist -> MCP of index..little, the bones that barely change with pose.
+PALM_BONES = [BONES.index((0, FINGER_CHAINS[f][1])) for f in FINGERS[1:]]
+
+
+# --- Geometry shared by the renderers and evaluate.metrics -------------------------------------
+def scale_keypoints(keypoints: np.ndarray, image_size: int | tuple[int, int], resolution: int) -> np.ndarray:
+    """(42, 2) xy at the model's resolution.
+
+    Pixel centres sit at integer coordinates (OpenCV's convention), so centres map onto centres
+    exactly as cv2.resize maps the image and the mask: x' = (x + 0.5) * R / size - 0.5.
+    `image_size` is one side of a square crop or (width, height).
+    """
+    size = np.broadcast_to(np.asarray(image_size, np.float32), (2,))
+    return (keypoints[:, :2].astype(np.float32) + 0.5) * (resolution / size) - 0.5
+
+
+def visible_joints(keypoints: np.ndarray) -> np.ndarray:
+    """Joints with positive confidence; absent hands are all-zero rows, so they drop out too."""
+    return keypoints[..., 2] > 0
+
+
+def bone_ratios(keypoints: np.ndarray) -> np.ndarray:
+    """(..., 40) bone length / palm length per bone of both hands; NaN where a bone or the palm is unseen.
+
+    The palm length is the mean of the wrist -> index..little MCP bones of the same hand. Ratios to
+    it are scale-free, so a generated hand and its target compare whatever their size in the image.
+    """
+    k = np.asarray(keypoints, np.float64)
+    seen = visible_joints(k)[..., BONE_PARENTS] & visible_joints(k)[..., BONE_CHILDREN]
+    length = np.linalg.norm(k[..., BONE_CHILDREN, :2] - k[..., BONE_PARENTS, :2], axis=-1)
+    length = np.where(seen, length, np.nan).reshape(*k.shape[:-2], len(HANDS), len(BONES))
+    palm = length[..., PALM_BONES]
+    counted = np.sum(~np.isnan(palm), axis=-1, keepdims=True)
+    palm_length = np.where(counted > 0, np.nansum(palm, axis=-1, keepdims=True) / np.maximum(counted, 1), np.nan)
+    ratio = length / np.where(palm_length > 0, palm_length, np.nan)
+    return ratio.reshape(*k.shape[:-2], len(BONE_PARENTS))
+
+
+@lru_cache(maxsize=16)
+def _pixel_centres(resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse meshgrid (x (1, 1, R), y (1, R, 1)) of pixel centres, built once per resolution."""
+    xs, ys = np.meshgrid(np.arange(resolution, dtype=np.float32), np.arange(resolution, dtype=np.float32),
+                         sparse=True)
+    xs.flags.writeable = ys.flags.writeable = False  # shared through the cache
+    return xs[None], ys[None]
+
+
+def _gaussian(squared_distance: np.ndarray, sigma: float) -> np.ndarray:
+    return np.exp(squared_distance * np.float32(-0.5 / sigma**2))
+
+
+def _joint_heatmaps(xy: np.ndarray, seen: np.ndarray, resolution: int, sigma: float) -> np.ndarray:
+    """(J, R, R) Gaussians of peak 1 at each seen joint; separable, so two (J, R) exps and an outer product."""
+    xs, ys = _pixel_centres(resolution)
+    gx = _gaussian((xs - xy[:, 0, None, None]) ** 2, sigma) * seen[:, None, None]  # (J, 1, R)
+    gy = _gaussian((ys - xy[:, 1, None, None]) ** 2, sigma)                        # (J, R, 1)
+    return gy * gx                                                                 # (J, R, R)
+
+
+def _segment_squared_distances(start: np.ndarray, end: np.ndarray, resolution: int) -> np.ndarray:
+    """(S, R, R) squared distance from every pixel centre to each segment start -> end."""
+    xs, ys = _pixel_centres(resolution)
+    sx, sy = start[:, 0, None, None], start[:, 1, None, None]
+    dx, dy = (end - start)[:, 0, None, None], (end - start)[:, 1, None, None]
+    t = np.clip(((xs - sx) * dx + (ys - sy) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0, 1)
+    return (xs - sx - t * dx) ** 2 + (ys - sy - t * dy) ** 2
+
+
+def _seen_bones(keypoints: np.ndarray, image_size, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices into BONE_PARENTS of the bones with both ends seen, and their scaled start and end points."""
+    xy = scale_keypoints(keypoints, image_size, resolution)
+    seen = visible_joints(keypoints)
+    bones = np.flatnonzero(seen[BONE_PARENTS] & seen[BONE_CHILDREN])
+    return bones, xy[BONE_PARENTS[bones]], xy[BONE_CHILDREN[bones]]
+
+
+def _mask_channel(mask: np.ndarray | None, resolution: int) -> np.ndarray:
+    """The mask as coverage in [0, 1] at the model's resolution; zeros when there is none."""
+    if mask is None:
+        return np.zeros((resolution, resolution), np.float32)
+    m = np.asarray(mask)
+    m = m.view(np.uint8) if m.dtype == bool else m if m.dtype == np.uint8 else m.astype(np.float32)
+    scale = 255 if m.dtype == np.uint8 and m.max() > 1 else 1  # PNG masks are 0/255, in-memory ones 0/1
+    # Resizing before converting keeps the per-sample cost at the model's resolution, not the crop's.
+    return cv2.resize(m, (resolution, resolution), interpolation=cv2.INTER_AREA).astype(np.float32) / scale
+
+
+# --- The three modes -----------------------------------------------------------------------------
+def heatmaps42(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
+               sigma: float = SIGMA) -> np.ndarray:
+    """FoundHand: (43, R, R) = one Gaussian heatmap per joint of both hands (unseen joint -> zeros) + mask."""
+    xy = scale_keypoints(keypoints, image_size, resolution)
+    joints = _joint_heatmaps(xy, visible_joints(keypoints), resolution, sigma)
+    return np.concatenate([joints, _mask_channel(mask, resolution)[None]])
+
+
+def fingers11(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
+              sigma: float = SIGMA, rng: np.random.Generator | None = None, p_zero_mask: float = 0.5) -> np.ndarray:
+    """Pelykh: (11, R, R) = 10 finger heatmaps (right thumb..little, left thumb..little) + mask.
+
+    Each finger is drawn as Gaussian lines (peak 1 on the bone, falling off with the distance to it)
+    along its four bones, wrist -> MCP/CMC -> ... -> tip, so a channel shows the finger's shape and
+    not only its joints. A bone is drawn when both its joints are seen. With an `rng` (training) the
+    mask channel is zeroed with probability `p_zero_mask`, so the model also learns without a mask.
+    """
+    fingers = np.zeros((2 * len(FINGERS), resolution, resolution), np.float32)
+    bones, start, end = _seen_bones(keypoints, image_size, resolution)
+    if len(bones):
+        lines = _gaussian(_segment_squared_distances(start, end, resolution), sigma)
+        finger_of_bone = bones // BONES_PER_FINGER
+        for f in np.unique(finger_of_bone):
+            fingers[f] = lines[finger_of_bone == f].max(axis=0)
+    mask_channel = _mask_channel(mask, resolution)
+    if rng is not None and rng.random() < p_zero_mask:
+        mask_channel[:] = 0
+    return np.concatenate([fingers, mask_channel[None]])
+
+
+def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: float | None = None) -> np.ndarray:
+    """Annotated Hands (arXiv 2401.15075): (3, R, R) in [0, 1].
+
+    ch0: the 20 bones of each hand drawn in their finger's gray, thumb..little 50, 150, 250, 100, 200 /255.
+    ch1: the same pixels at bone length / palm length (see `bone_ratios`), clipped to 1, so the model
+         sees each bone's proportion to the hand; a bone longer than the palm saturates.
+    ch2: each hand's region (convex hull of its seen joints) at 100 (left) / 200 (right) /255.
+    Lines are `line_width` pixels wide (default max(1, R/64)); where bones meet, the nearest one wins.
+    """
+    line_width = max(1.0, resolution / 64) if line_width is None else line_width
+    out = np.zeros((3, resolution, resolution), np.float32)
+    bones, start, end = _seen_bones(keypoints, image_size, resolution)
+    if len(bones):
+        d2 = _segment_squared_distances(start, end, resolution)
+        nearest, on_line = d2.argmin(axis=0), d2.min(axis=0) <= (line_width / 2) ** 2
+        finger = (bones // BONES_PER_FINGER) % len(FINGERS)
+        gray = np.asarray(FINGER_GRAY, np.float32)[finger] / 255
+        ratio = np.clip(np.nan_to_num(bone_ratios(keypoints)[bones]), 0, 1).astype(np.float32)
+        out[0] = np.where(on_line, gray[nearest], 0)
+        out[1] = np.where(on_line, ratio[nearest], 0)
+    out[2] = _handedness_channel(keypoints, image_size, resolution)
+    return out
+
+
+def _handedness_channel(keypoints: np.ndarray, image_size, resolution: int) -> np.ndarray:
+    channel = np.zeros((resolution, resolution), np.float32)
+    xy, seen = scale_keypoints(keypoints, image_size, resolution), visible_joints(keypoints)
+    for h, hand in enumerate(HANDS):
+        rows = np.arange(h * JOINTS_PER_HAND, (h + 1) * JOINTS_PER_HAND)
+        points = xy[rows[seen[rows]]]
+        if len(points):
+            hull = cv2.convexHull(np.round(points * 16).astype(np.int32))  # 4 fractional bits: shift=4
+            cv2.fillConvexPoly(channel, hull, HAND_GRAY[hand] / 255, lineType=cv2.LINE_8, shift=4)
+    return channel
+
+
+# One calling convention for every mode, so callers choose a mode by name only.
+CONDITIONING = {
+    "heatmaps42": lambda k, mask, size, res, rng=None, sigma=SIGMA: heatmaps42(k, mask, size, res, sigma),
+    "fingers11": lambda k, mask, size, res, rng=None, sigma=SIGMA: fingers11(k, mask, size, res, sigma, rng),
+    "annotated3": lambda k, mask, size, res, rng=None, sigma=SIGMA: annotated3(k, size, res),
+}
+
+
+def render_conditioning(mode: str, keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
+                        rng: np.random.Generator | None = None, sigma: float = SIGMA) -> np.ndarray:
+    """(CHANNELS[mode], R, R) float32 conditioning for one sample; `rng` only in training (mask dropout)."""
+    if mode not in CONDITIONING:
+        raise ValueError(f"unknown conditioning mode {mode!r}; expected one of {sorted(CONDITIONING)}")
+    keypoints = np.asarray(keypoints, np.float32)
+    if keypoints.shape != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints must be ({NUM_KEYPOINTS}, 3), got {keypoints.shape}")
+    return CONDITIONING[mode](keypoints, mask, image_size, resolution, rng=rng, sigma=sigma)
+
+
+# --- Documentation panel -------------------------------------------------------------------------
+FINGER_COLORS = np.array([(230, 60, 60), (240, 170, 40), (70, 190, 70), (60, 140, 230), (170, 80, 220)],
+                         np.float32) / 255  # RGB, thumb -> little
+
+
+def _tile(rgb: np.ndarray, label: str, size: int) -> np.ndarray:
+    tile = cv2.resize(np.clip(rgb * 255, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def _keypoint_overlay(image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+    """The image with each seen bone drawn in its finger's colour; RGB in [0, 1]."""
+    canvas = np.ascontiguousarray(image[..., :3]).copy()
+    seen = visible_joints(keypoints)
+    for b, (p, c) in enumerate(zip(BONE_PARENTS, BONE_CHILDREN)):
+        if seen[p] and seen[c]:
+            color = tuple(float(v) * 255 for v in FINGER_COLORS[(b // BONES_PER_FINGER) % len(FINGERS)])
+            cv2.line(canvas, tuple(np.round(keypoints[p, :2]).astype(int)), tuple(np.round(keypoints[c, :2]).astype(int)),
+                     color, 2, cv2.LINE_AA)
+    return canvas.astype(np.float32) / 255
+
+
+def render_panel(image: np.ndarray, keypoints: np.ndarray, mask: np.ndarray | None, path: str | Path,
+                 resolution: int = 64, tile: int = 256) -> Path:
+    """Write a PNG: image + keypoints | heatmaps42 | fingers11 | annotated3's three channels.
+
+    `image` is RGB uint8; conditioning is rendered at `resolution` and shown with nearest-neighbour
+    upscaling, so the panel shows exactly what the model receives.
+    """
+    keypoints = np.asarray(keypoints, np.float32)
+    size = (image.shape[1], image.shape[0])
+    heat = heatmaps42(keypoints, mask, size, resolution)
+    fingers = fingers11(keypoints, mask, size, resolution)
+    annotated = annotated3(keypoints, size, resolution)
+    joints_rgb = np.stack([heat[:-1].max(0), heat[:-1].max(0) * 0.8, heat[-1] * 0.5], axis=-1)
+    colors = np.concatenate([FINGER_COLORS, FINGER_COLORS * 0.6])  # left hand darker
+    fingers_rgb = np.maximum((fingers[:-1, ..., None] * colors[:, None, None]).max(0), fingers[-1, ..., None] * 0.3)
+    tiles = [_tile(_keypoint_overlay(image, keypoints), "image + keypoints", tile),
+             _tile(joints_rgb, "heatmaps42 (max) + mask", tile),
+             _tile(fingers_rgb, "fingers11 + mask", tile)]
+    tiles += [_tile(np.repeat(annotated[c, ..., None], 3, -1), label, tile)
+              for c, label in enumerate(("annotated3 ch0 fingers", "ch1 bone/palm", "ch2 handedness"))]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+    return path

@@ -1,0 +1,1 @@
+"""Training: the Lightning module (module.py) and the data it reads."""

@@ -1,0 +1,274 @@
+"""The Lightning module that trains the reference-to-target DiT: losses, condition dropout, EMA, schedule, samples."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from handloom.model.diffusion import GaussianDiffusion
+from handloom.model.dit import DiT
+
+# Frozen helpers passed in from outside: never trained, never saved (their weights are files the user points to).
+FROZEN = ("repa_encoder", "autoencoder")
+
+
+@dataclass
+class TrainConfig:
+    """Everything the module needs; params.py maps params.yaml's `train` section onto it."""
+
+    # Model (dit.dit_size("DiT-XL/2") gives the table's depth/hidden_size/num_heads/patch_size).
+    input_size: int = 64            # pixels, or latent size when an autoencoder is given
+    image_channels: int = 3         # 3 for pixels, the autoencoder's latent channels otherwise
+    cond_channels: int = 43         # heatmaps42 + mask; fingers11: 11; annotated3: 3
+    depth: int = 4
+    hidden_size: int = 128
+    num_heads: int = 4
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    mask_head: bool = True
+    grad_checkpointing: bool = False
+    # Diffusion.
+    num_diffusion_steps: int = 1000
+    beta_schedule: str = "linear"
+    prediction: str = "eps"
+    # Optimisation (gradient clipping is the Trainer's gradient_clip_val).
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    max_steps: int = 100_000
+    ema_decay: float = 0.9999
+    # Condition dropout, drawn as exclusive events: reference only, pose only, both.
+    p_drop_reference: float = 0.05
+    p_drop_pose: float = 0.05
+    p_drop_both: float = 0.05
+    # Auxiliary losses.
+    mask_loss_weight: float = 0.5   # λ, Pelykh
+    repa_weight: float = 0.5
+    repa_layer: int | None = None   # defaults to depth // 3 when a REPA encoder is given
+    repa_dim: int | None = None     # defaults to the encoder's `embed_dim`
+    # Samples logged during training (0 disables).
+    sample_every_n_steps: int = 0
+    sample_steps: int = 50
+    sample_count: int = 4
+    appearance_scale: float = 2.0
+    pose_scale: float = 2.0
+    sample_seed: int = 0
+
+
+def draw_condition_dropout(n: int, p_reference: float, p_pose: float, p_both: float, device=None,
+                           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(drop_reference, drop_pose), each (n,) bool, from one uniform draw per sample (InstructPix2Pix-style).
+
+    The three events are exclusive, so the reference is dropped at rate p_reference + p_both and the
+    pose at p_pose + p_both, and the model sees all four combinations the guidance will ask for.
+    """
+    u = torch.rand(n, device=device, generator=generator)
+    only_reference = u < p_reference
+    only_pose = (u >= p_reference) & (u < p_reference + p_pose)
+    both = (u >= p_reference + p_pose) & (u < p_reference + p_pose + p_both)
+    return only_reference | both, only_pose | both
+
+
+def warmup_cosine(warmup_steps: int, max_steps: int):
+    """LR multiplier: linear from 0 over the warmup, then a cosine to 0 at max_steps."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return multiplier
+
+
+def repa_loss(tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity between projected model tokens (N, T, D) and encoder features (N, T', D).
+
+    When the token grids differ, the model's grid is resized to the encoder's (both assumed square).
+    """
+    if tokens.shape[1] != features.shape[1]:
+        N, T, D = tokens.shape
+        side, target_side = int(T ** 0.5), int(features.shape[1] ** 0.5)
+        grid = tokens.transpose(1, 2).reshape(N, D, side, side)  # (N, D, h, w)
+        grid = F.interpolate(grid, size=(target_side, target_side), mode="bilinear", align_corners=False)
+        tokens = grid.flatten(2).transpose(1, 2)  # (N, T', D)
+    return 1 - F.cosine_similarity(tokens.float(), features.float(), dim=-1).mean()
+
+
+def to_uint8_image(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [-1, 1] -> (H, W, 3) uint8; one channel becomes gray."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu()
+    return x.expand(3, -1, -1).permute(1, 2, 0).numpy()
+
+
+def sample_grid(batch: dict, generated: torch.Tensor) -> np.ndarray:
+    """One row per sample: reference | target conditioning (max over channels) | target | generated."""
+    cond = batch["target_cond"].amax(1, keepdim=True)  # (N, 1, H, W)
+    lo, hi = cond.amin((2, 3), keepdim=True), cond.amax((2, 3), keepdim=True)
+    cond = (cond - lo) / (hi - lo).clamp(min=1e-6) * 2 - 1
+    cond = F.interpolate(cond, size=generated.shape[-2:])  # latent-resolution heatmaps next to pixels
+    columns = (batch["reference"], cond, batch["target"], generated)
+    rows = [np.concatenate([to_uint8_image(c[i]) for c in columns], axis=1) for i in range(generated.shape[0])]
+    return np.concatenate(rows, axis=0)
+
+
+class HandDiffusionModule(L.LightningModule):
+    """Trains DiT to denoise the target given the reference, both conditionings and the pair flag.
+
+    `repa_encoder`: frozen nn.Module mapping target images in [-1, 1] to (N, T', D) features (REPA).
+    `autoencoder`: frozen nn.Module with encode(images) -> latents and decode(latents) -> images;
+    None trains in pixel space. Neither is saved in checkpoints.
+    """
+
+    def __init__(self, config: TrainConfig | dict, repa_encoder: nn.Module | None = None,
+                 autoencoder: nn.Module | None = None):
+        super().__init__()
+        config = TrainConfig(**config) if isinstance(config, dict) else config
+        self.config = config
+        # A plain dict, so checkpoints load with weights_only=True and load_from_checkpoint rebuilds the config.
+        self.save_hyperparameters({"config": dataclasses.asdict(config)})
+        self.repa_encoder, self.autoencoder = repa_encoder, autoencoder
+        for frozen in (repa_encoder, autoencoder):
+            if frozen is not None:
+                frozen.requires_grad_(False).eval()
+        self.model = self.build_model(config, repa_encoder)
+        # EMA is a frozen copy inside the module: it is in state_dict (so checkpoints and exact resume
+        # carry it), follows the module across devices, and DDP ignores it (no grads). Our own update
+        # rather than swa_utils.AveragedModel: no wrapper prefix in keys, no n_averaged bookkeeping,
+        # and one fused _foreach_lerp_ per step.
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.diffusion = GaussianDiffusion(config.num_diffusion_steps, config.beta_schedule, config.prediction)
+        self._ema_updated_at = -1
+        self.register_load_state_dict_post_hook(self._ignore_missing_frozen)
+
+    @staticmethod
+    def build_model(config: TrainConfig, repa_encoder: nn.Module | None) -> DiT:
+        repa_layer = repa_dim = None
+        if repa_encoder is not None:
+            repa_layer = config.repa_layer or max(1, config.depth // 3)
+            repa_dim = config.repa_dim or repa_encoder.embed_dim
+        return DiT(config.input_size, config.patch_size, config.image_channels, config.cond_channels,
+                   config.hidden_size, config.depth, config.num_heads, config.mlp_ratio, config.mask_head,
+                   repa_layer, repa_dim, config.grad_checkpointing)
+
+    # --- frozen helpers: kept in eval mode, kept out of checkpoints --------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in FROZEN:
+            if getattr(self, name) is not None:
+                getattr(self, name).eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.split(".", 1)[0] in FROZEN]:
+            del state[key]
+
+    @staticmethod
+    def _ignore_missing_frozen(module, incompatible_keys) -> None:
+        missing = incompatible_keys.missing_keys
+        missing[:] = [k for k in missing if k.split(".", 1)[0] not in FROZEN]
+
+    # --- image space <-> model space --------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self.autoencoder is None else self.autoencoder.encode(images)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents if self.autoencoder is None else self.autoencoder.decode(latents)
+
+    # --- training ---------------------------------------------------------------------------------
+    def losses(self, batch: dict, drop: bool) -> dict:
+        """Each loss term and their weighted sum under "loss"; `drop` applies condition dropout."""
+        c = self.config
+        N = batch["target"].shape[0]
+        drop_reference, drop_pose = (draw_condition_dropout(N, c.p_drop_reference, c.p_drop_pose, c.p_drop_both,
+                                                            self.device) if drop else (None, None))
+        with torch.no_grad():
+            x0, reference = self.encode(batch["target"]), self.encode(batch["reference"])
+        diffusion, out = self.diffusion.training_loss(
+            self.model, x0, target_cond=batch["target_cond"], reference=reference,
+            reference_cond=batch["reference_cond"], flag=batch["flag"],
+            drop_reference=drop_reference, drop_pose=drop_pose)
+        losses = {"diffusion": diffusion}
+        total = diffusion
+        if "mask_logits" in out:
+            logits = out["mask_logits"].float()  # (N, 1, h, w)
+            mask = F.interpolate(batch["target_mask"].float(), size=logits.shape[-2:], mode="area")
+            losses["mask"] = F.binary_cross_entropy_with_logits(logits, mask)
+            total = total + c.mask_loss_weight * losses["mask"]
+        if self.repa_encoder is not None:
+            with torch.no_grad():
+                features = self.repa_encoder(batch["target"])  # (N, T', D)
+            losses["repa"] = repa_loss(out["repa_tokens"], features)
+            total = total + c.repa_weight * losses["repa"]
+        return {"loss": total, **losses}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.losses(batch, drop=True)
+        self.log_losses("train", losses)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log_losses("val", self.losses(batch, drop=False))
+
+    def log_losses(self, stage: str, losses: dict) -> None:
+        """`<stage>/loss` (the total) and `<stage>/<term>_loss`; validation averages over ranks."""
+        names = {k: f"{stage}/loss" if k == "loss" else f"{stage}/{k}_loss" for k in losses}
+        sync = stage != "train"  # per-step training values stay per-rank: no all-reduce per step
+        self.log_dict({names[k]: v for k, v in losses.items()}, sync_dist=sync)
+
+    def configure_optimizers(self):
+        c = self.config
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(c.warmup_steps, c.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # With gradient accumulation a batch can end without an optimizer step: average once per step.
+        if self.global_step > self._ema_updated_at:
+            self.update_ema()
+            self._ema_updated_at = self.global_step
+            if self.config.sample_every_n_steps and self.global_step % self.config.sample_every_n_steps == 0:
+                self.log_samples(batch)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        # Warm the decay up (timm/Karras) so short CPU runs still get a useful average.
+        step = self.global_step
+        decay = min(self.config.ema_decay, (1 + step) / (10 + step))
+        ema, model = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema, model, 1 - decay)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, batch: dict, steps: int, appearance_scale: float, pose_scale: float, seed: int,
+               use_ema: bool = True) -> torch.Tensor:
+        """Target images in [-1, 1] for the batch's reference and target conditioning, by guided DDIM."""
+        model = self.ema if use_ema else self.model
+        reference = self.encode(batch["reference"])
+        N = reference.shape[0]
+        shape = (N, model.image_channels, *batch["target_cond"].shape[-2:])
+
+        def guided(x_t, t):
+            return model.forward_with_cfg(x_t, t, batch["target_cond"], reference, batch["reference_cond"],
+                                          batch["flag"], appearance_scale, pose_scale)
+
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        latents = self.diffusion.ddim_sample(guided, shape, steps, generator=generator,
+                                             clip_denoised=self.autoencoder is None)
+        return self.decode(latents).clamp(-1, 1)
+
+    def log_samples(self, batch: dict) -> None:
+        """A grid of EMA samples through the logger, if it takes images (DVCLive's Live.log_image)."""
+        log_image = getattr(getattr(self.logger, "experiment", None), "log_image", None)
+        if log_image is None or not self.trainer.is_global_zero:
+            return
+        c = self.config
+        batch = {k: v[: c.sample_count] for k, v in batch.items()}
+        generated = self.sample(batch, c.sample_steps, c.appearance_scale, c.pose_scale, c.sample_seed)
+        log_image(f"samples/{self.global_step}.png", sample_grid(batch, generated))

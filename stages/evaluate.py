@@ -1,0 +1,18 @@
+"""DVC stage evaluate: data/models + held-out pairs -> data/eval/samples.npz and reports/metrics.json."""
+from pathlib import Path
+
+from handloom.evaluate.pipeline import evaluate
+from handloom.io import write_json
+from handloom.params import stage_params
+
+
+def main() -> None:
+    params = stage_params()
+    result = evaluate(Path("data/models"), Path("data/shards"), Path("data/eval"), params.train, params.evaluate)
+    write_json("reports/metrics.json", result)
+    print(f"evaluate: psnr {result['psnr']} (untrained {result['untrained']['psnr']}), "
+          f"hands detected {result['hands']['detection_rate']}")
+
+
+if __name__ == "__main__":
+    main()

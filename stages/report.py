@@ -1,0 +1,15 @@
+"""DVC stage report: metrics + samples -> reports/report.md and reports/figures/*.png."""
+from pathlib import Path
+
+from handloom.params import stage_params
+from handloom.report.build import build_report
+
+
+def main() -> None:
+    params = stage_params()
+    build_report(Path("reports"), Path("data/eval"), Path("data/shards"), params.report)
+    print("report: reports/report.md")
+
+
+if __name__ == "__main__":
+    main()

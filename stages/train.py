@@ -1,0 +1,14 @@
+"""DVC stage train: data/shards -> data/models/last.ckpt (persisted, resumed), DVCLive logs in reports/train."""
+from pathlib import Path
+
+from handloom.params import stage_params
+from handloom.train.fit import fit
+
+
+def main() -> None:
+    params = stage_params()
+    fit(params.train, Path("data/shards"), Path("data/models"), Path("reports/train"))
+
+
+if __name__ == "__main__":
+    main()
