@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -19,13 +20,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 repro: setup
-	$(BIN)/dvc repro
+	dvc repro
 
 test: setup
-	$(BIN)/pytest -q
+	pytest -q
 
 test-slow: setup
-	$(BIN)/pytest -q -m slow
+	pytest -q -m slow
 
 clean:
 	rm -rf $(VENV)

@@ -95,10 +95,12 @@ def test_ddim_same_seed_same_image_other_seed_other_image(eta):
             p.add_(torch.randn_like(p) * 0.1)
     cond = torch.zeros(2, 0, 8, 8)
     reference, flag = torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long)
-    model_fn = lambda x_t, t: model(x_t, t, cond, reference, cond, flag)  # noqa: E731
     diffusion = GaussianDiffusion()
-    draw = lambda seed: diffusion.ddim_sample(model_fn, (2, 3, 8, 8), steps=5, eta=eta,  # noqa: E731
-                                              generator=torch.Generator().manual_seed(seed))
+
+    def draw(seed):
+        return diffusion.ddim_sample(lambda x_t, t: model(x_t, t, cond, reference, cond, flag), (2, 3, 8, 8),
+                                     steps=5, eta=eta, generator=torch.Generator().manual_seed(seed))
+
     first, again, other = draw(7), draw(7), draw(8)
     assert torch.equal(first, again)
     assert (first - other).abs().mean() > 0.1

@@ -68,21 +68,29 @@ def _gaussian(squared_distance: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(squared_distance * np.float32(-0.5 / sigma**2))
 
 
-def _joint_heatmaps(xy: np.ndarray, seen: np.ndarray, resolution: int, sigma: float) -> np.ndarray:
-    """(J, R, R) Gaussians of peak 1 at each seen joint; separable, so two (J, R) exps and an outer product."""
-    xs, ys = _pixel_centres(resolution)
+def _joint_heatmaps(xy: np.ndarray, seen: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
+    """Gaussians of peak 1 at each seen joint into `out` (J, R, R); separable: two (J, R) exps, one product."""
+    xs, ys = _pixel_centres(out.shape[-1])
     gx = _gaussian((xs - xy[:, 0, None, None]) ** 2, sigma) * seen[:, None, None]  # (J, 1, R)
     gy = _gaussian((ys - xy[:, 1, None, None]) ** 2, sigma)                        # (J, R, 1)
-    return gy * gx                                                                 # (J, R, R)
+    return np.multiply(gy, gx, out=out)                                            # (J, R, R)
 
 
 def _segment_squared_distances(start: np.ndarray, end: np.ndarray, resolution: int) -> np.ndarray:
     """(S, R, R) squared distance from every pixel centre to each segment start -> end."""
     xs, ys = _pixel_centres(resolution)
-    sx, sy = start[:, 0, None, None], start[:, 1, None, None]
+    rx, ry = xs - start[:, 0, None, None], ys - start[:, 1, None, None]  # (S, 1, R), (S, R, 1)
     dx, dy = (end - start)[:, 0, None, None], (end - start)[:, 1, None, None]
-    t = np.clip(((xs - sx) * dx + (ys - sy) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0, 1)
-    return (xs - sx - t * dx) ** 2 + (ys - sy - t * dy) ** 2
+    length2 = dx * dx + dy * dy
+    along = rx * dx + ry * dy                                           # (S, R, R) projection on the bone
+    t = np.clip(along / np.maximum(length2, 1e-12), 0, 1)               # nearest point's position on it
+    # |r - t d|^2 = |r|^2 + t (t |d|^2 - 2 r.d), in place to spare (S, R, R) temporaries
+    along *= -2
+    along += t * length2
+    along *= t
+    along += rx * rx
+    along += ry * ry
+    return np.maximum(along, 0, out=along)  # rounding can dip just below 0 on the bone
 
 
 def _seen_bones(keypoints: np.ndarray, image_size, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,9 +116,10 @@ def _mask_channel(mask: np.ndarray | None, resolution: int) -> np.ndarray:
 def heatmaps42(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
                sigma: float = SIGMA) -> np.ndarray:
     """FoundHand: (43, R, R) = one Gaussian heatmap per joint of both hands (unseen joint -> zeros) + mask."""
-    xy = scale_keypoints(keypoints, image_size, resolution)
-    joints = _joint_heatmaps(xy, visible_joints(keypoints), resolution, sigma)
-    return np.concatenate([joints, _mask_channel(mask, resolution)[None]])
+    out = np.empty((CHANNELS["heatmaps42"], resolution, resolution), np.float32)
+    _joint_heatmaps(scale_keypoints(keypoints, image_size, resolution), visible_joints(keypoints), sigma, out[:-1])
+    out[-1] = _mask_channel(mask, resolution)
+    return out
 
 
 def fingers11(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
