@@ -162,13 +162,15 @@ SKIN, NAIL, SLEEVE = 0, 1, 2
 
 
 class Cone(NamedTuple):
-    """The convex hull of two spheres: a tapered capsule."""
+    """The convex hull of two spheres (a tapered capsule), mapped by x -> linear @ x + offset."""
 
     a: np.ndarray
     b: np.ndarray
     ra: float
     rb: float
     material: int = SKIN
+    linear: np.ndarray = np.eye(3)
+    offset: np.ndarray = np.zeros(3)
 
 
 class Ellipsoid(NamedTuple):
@@ -213,24 +215,28 @@ def hand_primitives(joints: np.ndarray, chains: dict[str, Chain], shape: HandSha
                          14 * g, 12 * g, z),  # thenar
         _ellipsoid_along(thumb[0] + 0.75 * (thumb[1] - thumb[0]), np.array([14, 58, 2]) * s,
                          9 * g, 4.5 * g, z),  # first web space
-        Ellipsoid(np.array([0, 6, 0]) * s, np.diag([29, 18, 17]) * np.array([s, s, g])),  # wrist
     ]
+    for f, g_ in zip(FINGERS[1:], FINGERS[2:]):  # webbing joins the bases of neighbouring fingers
+        a, b = chains[f].points, chains[g_].points
+        prims.append(Cone(a[0] + 0.3 * (a[1] - a[0]), b[0] + 0.3 * (b[1] - b[0]), 7 * g, 7 * g))
     return prims
 
 
 def forearm_primitives(shape: HandShape, sleeve: bool) -> list:
-    """The forearm below the wrist, optionally in a sleeve; it stays put when the wrist bends."""
+    """The wrist and forearm, flattened palm-to-back, optionally in a sleeve; they start inside the
+    palm and stay put when the wrist bends."""
     s, g = shape.scale, shape.scale * shape.girth
-    prims = [Cone(np.array([0, -8, 0]) * s, np.array([0, -260, 0]) * s, 24 * g, 29 * g)]
+    flat = np.diag([1, 1, 0.68])
+    prims = [Cone(np.array([0, 22, 0]) * s, np.array([0, -260, 0]) * s, 28 * g, 33 * g, linear=flat)]
     if sleeve:
-        prims.append(Cone(np.array([0, -70, 0]) * s, np.array([0, -300, 0]) * s, 33 * g, 38 * g, SLEEVE))
+        prims.append(Cone(np.array([0, -70, 0]) * s, np.array([0, -300, 0]) * s, 36 * g, 40 * g, SLEEVE, flat))
     return prims
 
 
 def _transform(prim, A: np.ndarray, t: np.ndarray):
     """A primitive under x -> A x + t (A may be a rotation times MIRROR)."""
     if isinstance(prim, Cone):
-        return prim._replace(a=A @ prim.a + t, b=A @ prim.b + t)
+        return prim._replace(linear=A @ prim.linear, offset=A @ prim.offset + t)
     return prim._replace(center=A @ prim.center + t, axes=A @ prim.axes)
 
 
@@ -264,23 +270,26 @@ class Camera:
         return {"K": self.K.round(4).tolist(), "R": self.R.round(6).tolist(), "t": self.t.round(4).tolist()}
 
 
-def _look_at(position, target, up, roll: float, focal: float, center, size: int) -> Camera:
+def _look_at(position, target, up, roll: float, K: np.ndarray, size: int) -> Camera:
+    """A camera at `position` aiming at `target`, `up` pointing up the image before rolling by `roll`°."""
     forward = _unit(np.asarray(target) - position)
     right = _unit(np.cross(forward, up))
-    down = np.cross(forward, right)
-    R = _rotation(forward, roll) @ np.stack([right, down, forward])  # rows: camera axes in the world
-    R = np.stack([R[0], R[1], forward])
-    K = np.array([[focal, 0, center[0]], [0, focal, center[1]], [0, 0, 1]])
+    spin = _rotation(forward, roll)
+    R = np.stack([spin @ right, spin @ np.cross(forward, right), forward])  # rows: camera x, y (down), z
     return Camera(K, R, -R @ position, size)
 
 
 def _cone_hits(D: np.ndarray, c: Cone) -> tuple[np.ndarray, np.ndarray]:
     """Distance along unit rays from the origin to a round cone (inf = miss) and the normals
-    (Inigo Quilez's round-cone intersector)."""
-    ba, oa, ob = c.b - c.a, -c.a, -c.b
+    (Inigo Quilez's round-cone intersector, run in the cone's own frame)."""
+    inv = np.linalg.inv(c.linear)
+    o, D_local = inv @ -c.offset, D @ inv.T
+    stretch = np.linalg.norm(D_local, axis=1)
+    D_local = D_local / stretch[:, None]
+    ba, oa, ob = c.b - c.a, o - c.a, o - c.b
     rr = c.ra - c.rb
     m0, m1, m5, m7 = ba @ ba, ba @ oa, oa @ oa, ob @ ob
-    m2, m3, m6 = D @ ba, D @ oa, D @ ob
+    m2, m3, m6 = D_local @ ba, D_local @ oa, D_local @ ob
     d2 = m0 - rr * rr
     k2 = d2 - m2 * m2
     k1 = d2 * m3 - m1 * m2 + m2 * rr * c.ra
@@ -293,15 +302,14 @@ def _cone_hits(D: np.ndarray, c: Cone) -> tuple[np.ndarray, np.ndarray]:
         h1, h2 = m3 * m3 - m5 + c.ra ** 2, m6 * m6 - m7 + c.rb ** 2
         t1 = np.where(h1 > 0, -m3 - np.sqrt(h1), np.inf)
         t2 = np.where(h2 > 0, -m6 - np.sqrt(h2), np.inf)
-    t_cap = np.minimum(t1, t2)
-    t = np.where(h < 0, np.inf, np.where(body, t_body, t_cap))
-    P = t[:, None] * D
+    t = np.where(h < 0, np.inf, np.where(body, t_body, np.minimum(t1, t2)))
+    P = o + np.where(np.isfinite(t), t, 0)[:, None] * D_local
     n_body = d2 * (P - c.a) - ba * y[:, None]
     n_cap = np.where((t1 <= t2)[:, None], P - c.a, P - c.b)
-    n = np.where(body[:, None], n_body, n_cap)
+    n = np.where(body[:, None], n_body, n_cap) @ inv  # normals map by the inverse transpose
     with np.errstate(invalid="ignore", divide="ignore"):
         n = n / np.linalg.norm(n, axis=1, keepdims=True)
-    return t, n
+    return t / stretch, n
 
 
 def _ellipsoid_hits(D: np.ndarray, e: Ellipsoid) -> tuple[np.ndarray, np.ndarray]:
@@ -322,7 +330,8 @@ def _extent(prim) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(prim, Cone):
         lo = np.minimum(prim.a - prim.ra, prim.b - prim.rb)
         hi = np.maximum(prim.a + prim.ra, prim.b + prim.rb)
-        return lo, hi
+        corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3) @ prim.linear.T
+        return corners.min(0) + prim.offset, corners.max(0) + prim.offset
     half = np.linalg.norm(prim.axes, axis=1)
     return prim.center - half, prim.center + half
 
@@ -381,7 +390,7 @@ class Look:
 
     skin: np.ndarray        # sRGB in [0, 1]
     sleeve: np.ndarray | None
-    light: np.ndarray       # unit vector towards the key light, world frame
+    light: np.ndarray       # unit vector towards the key light in camera frame: each camera of the rig lights its side
     light_color: np.ndarray
     ambient: float
     wrap: float             # light wrapping round the terminator: skin scatters
@@ -394,8 +403,9 @@ class Look:
         skin = np.clip(SKIN_TONES[tone] * rng.uniform(0.94, 1.06) + rng.normal(0, 0.015, 3), 0, 1)
         sleeve = rng.uniform(0.05, 0.9, 3) if rng.random() < 0.4 else None
         warmth = rng.uniform(-0.08, 0.08)
-        return cls(skin, sleeve, _unit(rng.normal(0, 1, 3)), np.array([1 + warmth, 1, 1 - warmth]),
-                   float(rng.uniform(0.3, 0.5)), float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.04, 0.14)),
+        light = _unit([rng.normal(0, 0.6), -0.2 - abs(rng.normal(0, 0.6)), -1])  # from the front, above
+        return cls(skin, sleeve, light, rng.uniform(0.85, 1.1) * np.array([1 + warmth, 1, 1 - warmth]),
+                   float(rng.uniform(0.35, 0.55)), float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.04, 0.14)),
                    str(rng.choice(BACKGROUNDS)))
 
 
@@ -456,7 +466,7 @@ def shade(canvas: Canvas, look: Look, palm_normals: list[np.ndarray]) -> np.ndar
     palms lighter than backs, and darker creases where a surface sits behind its neighbours."""
     hit = np.isfinite(canvas.depth)
     N, V = canvas.normal, -canvas.rays
-    L = (canvas.camera.R @ look.light).astype(np.float32)
+    L = look.light.astype(np.float32)
     diffuse = np.clip((N @ L + look.wrap) / (1 + look.wrap), 0, 1)
     sky = look.ambient * (0.75 - 0.25 * N[..., 1])
     H = _unit(L + np.array([0, 0, -1.0])).astype(np.float32)
@@ -472,8 +482,8 @@ def shade(canvas: Canvas, look: Look, palm_normals: list[np.ndarray]) -> np.ndar
         albedo[canvas.material == SLEEVE] = look.sleeve
     depth = np.where(hit, canvas.depth, canvas.depth[hit].max() + 40 if hit.any() else 0)
     blur_px = 0.02 * canvas.depth.shape[0]
-    crease = np.clip((depth - cv2.GaussianBlur(depth, (0, 0), blur_px)) / 25, 0, 1)
-    light = look.light_color * diffuse[..., None] * (1 - 0.5 * crease[..., None]) + sky[..., None]
+    crease = np.clip((depth - cv2.GaussianBlur(depth, (0, 0), blur_px)) / 40, 0, 1)
+    light = look.light_color * diffuse[..., None] * (1 - 0.4 * crease[..., None]) + sky[..., None]
     color = albedo * light + gloss[..., None] * look.light_color
     return np.where(hit[..., None], np.clip(color, 0, 1), 0).astype(np.float32)
 
@@ -557,14 +567,13 @@ def _place_cameras(rng, n_cameras: int, joints: np.ndarray, size: int, two_hands
         axis = _rotation((0, 0, 1), azimuth) @ np.array([1.0, 0, 0])
         direction = _rotation(axis, tilt) @ np.array([0, 0, 1.0 if side == "palm" else -1.0])
         position = target + direction * rng.uniform(350, 700)
-        probe = _look_at(position, target, (0, 1, 0), float(np.clip(rng.normal(0, 25), -60, 60)), 1.0, (0, 0), size)
-        uv = probe.project(joints.reshape(-1, 3))
+        camera = _look_at(position, target, (0, 1, 0), float(np.clip(rng.normal(0, 25), -60, 60)), np.eye(3), size)
+        uv = camera.project(joints.reshape(-1, 3))  # normalised image coordinates
         lo, hi = uv.min(0), uv.max(0)
         fill = rng.uniform(0.65, 0.85) if two_hands else rng.uniform(0.42, 0.68)
         focal = fill * size / (hi - lo).max()
         slack = (size - focal * (hi - lo)) / 2
-        center = size / 2 - focal * (lo + hi) / 2 + rng.uniform(-0.4, 0.4, 2) * slack * 0.8
-        camera = probe
+        center = size / 2 - focal * (lo + hi) / 2 + rng.uniform(-0.3, 0.3, 2) * slack
         camera.K = np.array([[focal, 0, center[0]], [0, focal, center[1]], [0, 0, 1]])
         cameras.append((camera, side))
     return cameras

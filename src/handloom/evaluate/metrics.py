@@ -160,21 +160,30 @@ class Inception192(nn.Module):
         return x.mean((2, 3))                                               # (N, 192)
 
 
-def _is_torchscript(path: Path) -> bool:
-    """torch.jit.save archives hold constants.pkl; torch.save state dicts do not."""
-    return zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist())
+def _archive_kind(path: Path) -> str:
+    """'torchscript', 'export' or 'state_dict', from the members each torch writer puts in its zip."""
+    names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+    if any(n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    if any(n.endswith("/archive_format") for n in names):
+        return "export"
+    return "state_dict"
 
 
 def load_feature_extractor(path: str | Path, module: nn.Module | None = None) -> nn.Module:
-    """A feature extractor from a local file, in eval mode; nothing is ever downloaded.
+    """A feature extractor from a local file, ready for inference; nothing is ever downloaded.
 
-    A TorchScript archive loads as is. Anything else is a state dict, read with weights_only=True
-    into `module` (default Inception192); keys the module lacks (e.g. the rest of a full
-    Inception-v3 checkpoint) are ignored, keys it needs must all be there.
+    A TorchScript archive (torch.jit.save) or a torch.export archive (torch.export.save, export it
+    with a dynamic batch dimension) loads as is. Anything else is a state dict, read with
+    weights_only=True into `module` (default Inception192); keys the module lacks (e.g. the rest
+    of a full Inception-v3 checkpoint) are ignored, keys it needs must all be there.
     """
     path = Path(path)
-    if _is_torchscript(path):
+    kind = _archive_kind(path)
+    if kind == "torchscript":
         return torch.jit.load(str(path), map_location="cpu").eval()
+    if kind == "export":
+        return torch.export.load(path).module()  # a graph traced in eval mode already; it refuses .eval()
     module = Inception192() if module is None else module
     state = torch.load(path, map_location="cpu", weights_only=True)
     wanted = module.state_dict()

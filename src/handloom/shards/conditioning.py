@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from handloom.schema import BONES, FINGER_CHAINS, FINGERS, HANDS, JOINTS_PER_HAND, NUM_KEYPOINTS
+from handloom.schema import BONES, FINGER_CHAINS, FINGERS, HANDS, JOINTS_PER_HAND, NUM_KEYPOINTS, hand_rows
 
 CHANNELS = {"heatmaps42": 43, "fingers11": 11, "annotated3": 3}
 SIGMA = 1.5  # Gaussian width in pixels of the model's resolution (params.yaml: heatmap_sigma)
@@ -101,6 +101,11 @@ def _seen_bones(keypoints: np.ndarray, image_size, resolution: int) -> tuple[np.
     return bones, xy[BONE_PARENTS[bones]], xy[BONE_CHILDREN[bones]]
 
 
+def _finger_of(bone):
+    """Finger (0 thumb .. 4 little) of a bone index into BONE_PARENTS, whichever the hand."""
+    return (bone // BONES_PER_FINGER) % len(FINGERS)
+
+
 def _mask_channel(mask: np.ndarray | None, resolution: int) -> np.ndarray:
     """The mask as coverage in [0, 1] at the model's resolution; zeros when there is none."""
     if mask is None:
@@ -131,17 +136,16 @@ def fingers11(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolu
     not only its joints. A bone is drawn when both its joints are seen. With an `rng` (training) the
     mask channel is zeroed with probability `p_zero_mask`, so the model also learns without a mask.
     """
-    fingers = np.zeros((2 * len(FINGERS), resolution, resolution), np.float32)
+    out = np.zeros((CHANNELS["fingers11"], resolution, resolution), np.float32)
     bones, start, end = _seen_bones(keypoints, image_size, resolution)
     if len(bones):
         lines = _gaussian(_segment_squared_distances(start, end, resolution), sigma)
-        finger_of_bone = bones // BONES_PER_FINGER
-        for f in np.unique(finger_of_bone):
-            fingers[f] = lines[finger_of_bone == f].max(axis=0)
-    mask_channel = _mask_channel(mask, resolution)
-    if rng is not None and rng.random() < p_zero_mask:
-        mask_channel[:] = 0
-    return np.concatenate([fingers, mask_channel[None]])
+        channel_of_bone = bones // BONES_PER_FINGER  # right thumb 0 .. little 4, left thumb 5 .. little 9
+        for c in np.unique(channel_of_bone):
+            out[c] = lines[channel_of_bone == c].max(axis=0)
+    drop_mask = rng is not None and rng.random() < p_zero_mask
+    out[-1] = _mask_channel(None if drop_mask else mask, resolution)
+    return out
 
 
 def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: float | None = None) -> np.ndarray:
@@ -159,8 +163,7 @@ def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: f
     if len(bones):
         d2 = _segment_squared_distances(start, end, resolution)
         nearest, on_line = d2.argmin(axis=0), d2.min(axis=0) <= (line_width / 2) ** 2
-        finger = (bones // BONES_PER_FINGER) % len(FINGERS)
-        gray = np.asarray(FINGER_GRAY, np.float32)[finger] / 255
+        gray = np.asarray(FINGER_GRAY, np.float32)[_finger_of(bones)] / 255
         ratio = np.clip(np.nan_to_num(bone_ratios(keypoints)[bones]), 0, 1).astype(np.float32)
         out[0] = np.where(on_line, gray[nearest], 0)
         out[1] = np.where(on_line, ratio[nearest], 0)
@@ -169,11 +172,11 @@ def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: f
 
 
 def _handedness_channel(keypoints: np.ndarray, image_size, resolution: int) -> np.ndarray:
+    """Each hand's convex hull of seen joints in its gray: the mask alone cannot say whose pixel is whose."""
     channel = np.zeros((resolution, resolution), np.float32)
     xy, seen = scale_keypoints(keypoints, image_size, resolution), visible_joints(keypoints)
-    for h, hand in enumerate(HANDS):
-        rows = np.arange(h * JOINTS_PER_HAND, (h + 1) * JOINTS_PER_HAND)
-        points = xy[rows[seen[rows]]]
+    for hand in HANDS:
+        points = xy[hand_rows(hand)][seen[hand_rows(hand)]]
         if len(points):
             hull = cv2.convexHull(np.round(points * 16).astype(np.int32))  # 4 fractional bits: shift=4
             cv2.fillConvexPoly(channel, hull, HAND_GRAY[hand] / 255, lineType=cv2.LINE_8, shift=4)
@@ -213,12 +216,11 @@ def _tile(rgb: np.ndarray, label: str, size: int) -> np.ndarray:
 def _keypoint_overlay(image: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
     """The image with each seen bone drawn in its finger's colour; RGB in [0, 1]."""
     canvas = np.ascontiguousarray(image[..., :3]).copy()
-    seen = visible_joints(keypoints)
+    seen, points = visible_joints(keypoints), np.round(keypoints[:, :2]).astype(int)
     for b, (p, c) in enumerate(zip(BONE_PARENTS, BONE_CHILDREN)):
         if seen[p] and seen[c]:
-            color = tuple(float(v) * 255 for v in FINGER_COLORS[(b // BONES_PER_FINGER) % len(FINGERS)])
-            cv2.line(canvas, tuple(np.round(keypoints[p, :2]).astype(int)), tuple(np.round(keypoints[c, :2]).astype(int)),
-                     color, 2, cv2.LINE_AA)
+            color = (FINGER_COLORS[_finger_of(b)] * 255).tolist()
+            cv2.line(canvas, tuple(points[p].tolist()), tuple(points[c].tolist()), color, 2, cv2.LINE_AA)
     return canvas.astype(np.float32) / 255
 
 

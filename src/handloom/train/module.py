@@ -143,7 +143,9 @@ class HandDiffusionModule(L.LightningModule):
         # and one fused _foreach_lerp_ per step.
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.diffusion = GaussianDiffusion(config.num_diffusion_steps, config.beta_schedule, config.prediction)
-        self._ema_updated_at = -1
+        self._sampled_at = -1
+        self.generator: torch.Generator | None = None  # made in on_train_start
+        self._resumed_generator_states = None
         self.register_load_state_dict_post_hook(self._ignore_missing_frozen)
 
     @staticmethod
@@ -168,11 +170,37 @@ class HandDiffusionModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.split(".", 1)[0] in FROZEN]:
             del state[key]
+        if self.generator is not None:
+            checkpoint["generator_states"] = self.gather_generator_states()
 
     @staticmethod
     def _ignore_missing_frozen(module, incompatible_keys) -> None:
         missing = incompatible_keys.missing_keys
         missing[:] = [k for k in missing if k.split(".", 1)[0] not in FROZEN]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Applied when training starts, once the device and rank are known.
+        self._resumed_generator_states = checkpoint.get("generator_states")
+
+    # --- exact resume: our own generator draws t, noise and condition dropout ----------------------
+    def on_train_start(self) -> None:
+        # Not the global one: DataLoaders draw their seeds from that at times Lightning chooses, so a
+        # resumed run would drift. Seeded from seed_everything's seed, distinct per rank.
+        self.generator = torch.Generator(device=self.device)
+        states = self._resumed_generator_states
+        if states is None:
+            self.generator.manual_seed((torch.initial_seed() + self.global_rank) % 2**63)
+        else:
+            self.generator.set_state(states[self.global_rank % len(states)])  # a new world size reuses streams
+            self._resumed_generator_states = None
+
+    def gather_generator_states(self) -> torch.Tensor:
+        """Every rank's generator state as a (world_size, L) uint8 tensor: plain tensors for weights_only.
+
+        on_save_checkpoint runs on every rank (only rank 0 writes), so the gather is safe there.
+        """
+        state = self.generator.get_state().to(self.device)
+        return self.all_gather(state).reshape(self.trainer.world_size, -1).cpu()
 
     # --- image space <-> model space --------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -182,16 +210,16 @@ class HandDiffusionModule(L.LightningModule):
         return latents if self.autoencoder is None else self.autoencoder.decode(latents)
 
     # --- training ---------------------------------------------------------------------------------
-    def losses(self, batch: dict, drop: bool) -> dict:
+    def losses(self, batch: dict, drop: bool, generator: torch.Generator | None = None) -> dict:
         """Each loss term and their weighted sum under "loss"; `drop` applies condition dropout."""
         c = self.config
         N = batch["target"].shape[0]
         drop_reference, drop_pose = (draw_condition_dropout(N, c.p_drop_reference, c.p_drop_pose, c.p_drop_both,
-                                                            self.device) if drop else (None, None))
+                                                            self.device, generator) if drop else (None, None))
         with torch.no_grad():
             x0, reference = self.encode(batch["target"]), self.encode(batch["reference"])
         diffusion, out = self.diffusion.training_loss(
-            self.model, x0, target_cond=batch["target_cond"], reference=reference,
+            self.model, x0, generator, target_cond=batch["target_cond"], reference=reference,
             reference_cond=batch["reference_cond"], flag=batch["flag"],
             drop_reference=drop_reference, drop_pose=drop_pose)
         losses = {"diffusion": diffusion}
@@ -209,12 +237,14 @@ class HandDiffusionModule(L.LightningModule):
         return {"loss": total, **losses}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self.losses(batch, drop=True)
+        losses = self.losses(batch, drop=True, generator=self.generator)
         self.log_losses("train", losses)
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log_losses("val", self.losses(batch, drop=False))
+        # The same t and noise at every validation, so the curve moves only when the model does.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        self.log_losses("val", self.losses(batch, drop=False, generator=generator))
 
     def log_losses(self, stage: str, losses: dict) -> None:
         """`<stage>/loss` (the total) and `<stage>/<term>_loss`; validation averages over ranks."""
@@ -228,13 +258,17 @@ class HandDiffusionModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(c.warmup_steps, c.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # Here, not in on_train_batch_end: this runs once per real step (gradient accumulation) and
+        # before ModelCheckpoint's on_train_batch_end, so a checkpoint holds this step's average.
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        # With gradient accumulation a batch can end without an optimizer step: average once per step.
-        if self.global_step > self._ema_updated_at:
-            self.update_ema()
-            self._ema_updated_at = self.global_step
-            if self.config.sample_every_n_steps and self.global_step % self.config.sample_every_n_steps == 0:
-                self.log_samples(batch)
+        n = self.config.sample_every_n_steps
+        if n and self.global_step % n == 0 and self.global_step != self._sampled_at:
+            self._sampled_at = self.global_step  # once per step, however many batches it accumulates
+            self.log_samples(batch)
 
     @torch.no_grad()
     def update_ema(self) -> None:

@@ -1,0 +1,1 @@
+"""Annotation backends: MediaPipe keypoints, masks, captions."""

@@ -1,0 +1,1 @@
+"""Dataset adapters into the unified schema, and the embedded synthetic default."""
