@@ -202,23 +202,23 @@ def hand_primitives(joints: np.ndarray, chains: dict[str, Chain], shape: HandSha
         prims += [Cone(c.points[0], c.points[1], r[0], r[1]), Cone(c.points[1], c.points[2], r[1], r[2]),
                   Cone(c.points[2], tip, r[2], r[3])]
         nail_base = c.points[2] + 0.45 * (c.points[3] - c.points[2])
-        dorsal = -c.palmar[2] * r[3] * 0.78
-        prims.append(_ellipsoid_along(nail_base + dorsal, c.points[3] - 1.2 * r[3] * c.directions[2] + dorsal,
-                                      0.72 * r[3], 0.32 * r[3], -c.palmar[2], NAIL))
+        dorsal = -c.palmar[2] * r[3] * 0.85
+        prims.append(_ellipsoid_along(nail_base + dorsal, c.points[3] - 1.5 * r[3] * c.directions[2] + dorsal,
+                                      0.72 * r[3], 0.25 * r[3], -c.palmar[2], NAIL))
     for f in FINGERS[1:]:
-        prims.append(Cone(np.array(METACARPAL_BASE[f]) * s, chains[f].points[0], 11 * g, RADII[f][0] * g))
+        prims.append(Cone(np.array(METACARPAL_BASE[f]) * s, chains[f].points[0], 9 * g, RADII[f][0] * g))
     thumb = chains["thumb"].points
+    flat = np.diag([1, 1, shape.girth])
     prims += [
-        Ellipsoid(np.array([-3, 52, 1.5]) * s, np.diag([35, 42, 13.5]) * np.array([s, s, g])),  # palm
+        # heel of the hand (thick) and the palm slab (thinner towards the knuckles)
+        Cone(np.array([0, -5, 0]) * s, np.array([0, 25, 0]) * s, 28 * s, 28 * s, linear=flat @ np.diag([1, 1, 0.62])),
+        Cone(np.array([0, 25, 0]) * s, np.array([-3, 62, 0]) * s, 33 * s, 37 * s, linear=flat @ np.diag([1, 1, 0.38])),
         Ellipsoid(np.array([-25, 42, 3]) * s, np.diag([12, 30, 11.5]) * np.array([s, s, g])),  # hypothenar
         _ellipsoid_along(thumb[0] - 0.1 * (thumb[1] - thumb[0]), thumb[0] + 0.8 * (thumb[1] - thumb[0]),
                          14 * g, 12 * g, z),  # thenar
         _ellipsoid_along(thumb[0] + 0.75 * (thumb[1] - thumb[0]), np.array([14, 58, 2]) * s,
                          9 * g, 4.5 * g, z),  # first web space
     ]
-    for f, g_ in zip(FINGERS[1:], FINGERS[2:]):  # webbing joins the bases of neighbouring fingers
-        a, b = chains[f].points, chains[g_].points
-        prims.append(Cone(a[0] + 0.3 * (a[1] - a[0]), b[0] + 0.3 * (b[1] - b[0]), 7 * g, 7 * g))
     return prims
 
 
@@ -227,7 +227,7 @@ def forearm_primitives(shape: HandShape, sleeve: bool) -> list:
     palm and stay put when the wrist bends."""
     s, g = shape.scale, shape.scale * shape.girth
     flat = np.diag([1, 1, 0.68])
-    prims = [Cone(np.array([0, 22, 0]) * s, np.array([0, -260, 0]) * s, 28 * g, 33 * g, linear=flat)]
+    prims = [Cone(np.array([0, -10, 0]) * s, np.array([0, -260, 0]) * s, 26 * g, 31 * g, linear=flat)]
     if sleeve:
         prims.append(Cone(np.array([0, -70, 0]) * s, np.array([0, -300, 0]) * s, 36 * g, 40 * g, SLEEVE, flat))
     return prims
@@ -325,14 +325,40 @@ def _ellipsoid_hits(D: np.ndarray, e: Ellipsoid) -> tuple[np.ndarray, np.ndarray
     return t, n
 
 
-def _extent(prim) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned 3D bounds of a primitive."""
+def _cone_distance(P: np.ndarray, c: Cone) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance (in the cone's own frame) from points to a round cone, and its gradient.
+    The nearest of the spheres swept along the axis sits where the offset meets the axis at the
+    cone's half-angle."""
+    inv = np.linalg.inv(c.linear)
+    Q = (P - c.offset) @ inv.T - c.a
+    ba = c.b - c.a
+    length = np.linalg.norm(ba)
+    y = Q @ ba / length
+    x = np.linalg.norm(Q - y[:, None] * ba / length, axis=1)
+    sin = (c.ra - c.rb) / length
+    s = np.clip((y - x * sin / np.sqrt(1 - sin * sin)) / length, 0, 1)
+    V = Q - s[:, None] * ba
+    dist = np.linalg.norm(V, axis=1)
+    return dist - (c.ra + s * (c.rb - c.ra)), (V / np.maximum(dist, 1e-9)[:, None]) @ inv
+
+
+def _ellipsoid_distance(P: np.ndarray, e: Ellipsoid) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate signed distance from points to an ellipsoid (Quilez's bound) and its gradient."""
+    inv = np.linalg.inv(e.axes)
+    q = (P - e.center) @ inv.T  # the unit-sphere frame
+    radii = np.linalg.norm(e.axes, axis=0)
+    k0, k1 = np.linalg.norm(q, axis=1), np.linalg.norm(q / radii, axis=1)
+    return k0 * (k0 - 1) / np.maximum(k1, 1e-9), q @ inv
+
+
+def _extent(prim, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned 3D bounds of a primitive, grown by `margin`."""
     if isinstance(prim, Cone):
         lo = np.minimum(prim.a - prim.ra, prim.b - prim.rb)
         hi = np.maximum(prim.a + prim.ra, prim.b + prim.rb)
         corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3) @ prim.linear.T
-        return corners.min(0) + prim.offset, corners.max(0) + prim.offset
-    half = np.linalg.norm(prim.axes, axis=1)
+        return corners.min(0) + prim.offset - margin, corners.max(0) + prim.offset + margin
+    half = np.linalg.norm(prim.axes, axis=1) + margin
     return prim.center - half, prim.center + half
 
 
@@ -347,10 +373,11 @@ class Canvas:
         self.normal = np.zeros((n, n, 3), np.float32)
         self.hand = np.full((n, n), -1, np.int8)
         self.material = np.zeros((n, n), np.int8)
+        self.drawn: list[tuple[object, int]] = []
 
-    def _window(self, prim) -> tuple[slice, slice] | None:
+    def _window(self, prim, margin: float = 0.0) -> tuple[slice, slice] | None:
         """Pixels the primitive may cover: the projection of its 3D bounding box."""
-        lo, hi = _extent(prim)
+        lo, hi = _extent(prim, margin)
         corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), -1).reshape(-1, 3)
         if corners[:, 2].min() <= 1:
             return None
@@ -364,6 +391,7 @@ class Canvas:
         window = self._window(prim)
         if window is None:
             return
+        self.drawn.append((prim, hand))
         D = self.rays[window]
         shape = D.shape[:2]
         hits = _cone_hits if isinstance(prim, Cone) else _ellipsoid_hits
@@ -374,6 +402,24 @@ class Canvas:
         self.normal[window][closer] = n[closer]
         self.hand[window][closer] = hand
         self.material[window][closer] = prim.material
+
+    def smooth_normals(self, blend: float) -> None:
+        """Replace each normal by the gradient of an exponential smooth union of the hand's primitives
+        (weights exp(-distance / blend)), so joins between phalanges, palm and wrist shade without creases."""
+        total = np.zeros_like(self.normal)
+        for prim, hand in self.drawn:
+            window = self._window(prim, 4 * blend)
+            if window is None:
+                continue
+            sel = self.hand[window] == hand
+            if not sel.any():
+                continue
+            P = (self.rays[window][sel] * self.depth[window][sel][:, None]).astype(np.float64)
+            dist, grad = (_cone_distance if isinstance(prim, Cone) else _ellipsoid_distance)(P, prim)
+            grad /= np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-9)
+            total[window][sel] += (np.exp(-np.maximum(dist, 0) / blend)[:, None] * grad).astype(np.float32)
+        norm = np.linalg.norm(total, axis=-1, keepdims=True)
+        self.normal = np.where(norm > 1e-6, total / np.maximum(norm, 1e-6), self.normal)
 
 
 # --- Appearance --------------------------------------------------------------------------------
@@ -405,7 +451,7 @@ class Look:
         warmth = rng.uniform(-0.08, 0.08)
         light = _unit([rng.normal(0, 0.6), -0.2 - abs(rng.normal(0, 0.6)), -1])  # from the front, above
         return cls(skin, sleeve, light, rng.uniform(0.85, 1.1) * np.array([1 + warmth, 1, 1 - warmth]),
-                   float(rng.uniform(0.35, 0.55)), float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.04, 0.14)),
+                   float(rng.uniform(0.45, 0.65)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.04, 0.14)),
                    str(rng.choice(BACKGROUNDS)))
 
 
@@ -516,7 +562,7 @@ class HandTrack:
     @classmethod
     def sample(cls, rng, hand: str, n_keys: int, rotation, position) -> "HandTrack":
         gestures, poses = zip(*(sample_pose(rng) for _ in range(n_keys)))
-        wrists = np.clip(rng.normal(0, [14, 8, 14], (n_keys, 3)), -30, 30)
+        wrists = np.clip(rng.normal(0, [12, 6, 14], (n_keys, 3)), [-25, -10, -30], [25, 10, 30])
         return cls(hand, list(gestures), np.array(poses), wrists, np.asarray(rotation, float),
                    np.asarray(position, float))
 
@@ -586,6 +632,9 @@ def _postprocess(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+BLEND_MM = 4.0  # how far the shading of one part blends into the next
+
+
 def _render_view(camera: Camera, prims: list[tuple[object, int]], palm_normals, look: Look,
                  backdrop: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     """Ray-cast the hands at 2x supersampling, composite them over the backdrop with a soft drop
@@ -594,6 +643,7 @@ def _render_view(camera: Camera, prims: list[tuple[object, int]], palm_normals, 
     canvas = Canvas(camera, ss)
     for prim, hand in prims:
         canvas.draw(_transform(prim, camera.R, camera.t), hand)
+    canvas.smooth_normals(BLEND_MM)
     color = shade(canvas, look, palm_normals)
     size = camera.size
     coverage = cv2.resize(np.isfinite(canvas.depth).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)

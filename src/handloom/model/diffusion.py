@@ -61,7 +61,8 @@ class GaussianDiffusion(nn.Module):
         a, s = self._coefficients(t, x0)
         return a * noise - s * x0
 
-    def predict_x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor,
+                           pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both x0 and ε from a model prediction of either kind."""
         a, s = self._coefficients(t, x_t)
         if self.prediction == "eps":

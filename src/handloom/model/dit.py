@@ -116,7 +116,8 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (N, D)
+        # 6 x (N, D): shift, scale and gate for attention, then for the MLP
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, L, D)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, L, D)
         return x
@@ -202,7 +203,8 @@ class DiT(nn.Module):
         self.flag_embedder = FlagEmbedder(hidden_size)
         grid = input_size // patch_size
         # Fixed, so it is rebuilt here and kept out of checkpoints; the same grid serves both streams.
-        self.register_buffer("pos_embed", get_2d_sincos_pos_embed(hidden_size, grid).float().unsqueeze(0), persistent=False)
+        pos_embed = get_2d_sincos_pos_embed(hidden_size, grid).float().unsqueeze(0)  # (1, T, D)
+        self.register_buffer("pos_embed", pos_embed, persistent=False)
         self.stream_embed = nn.Parameter(torch.zeros(2, hidden_size))  # learned: which tokens are the reference
 
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
@@ -254,7 +256,8 @@ class DiT(nn.Module):
             return checkpoint(block, x, c, use_reentrant=False)
         return block(x, c)
 
-    def forward(self, x_t, t, target_cond, reference, reference_cond, flag, drop_reference=None, drop_pose=None) -> dict:
+    def forward(self, x_t, t, target_cond, reference, reference_cond, flag,
+                drop_reference=None, drop_pose=None) -> dict:
         """
         x_t: (N, C, H, W) noisy target; t: (N,) timesteps; target_cond: (N, K, H, W);
         reference: (N, C, H, W) clean reference; reference_cond: (N, K, H, W); flag: (N,) long;
