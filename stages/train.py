@@ -1,4 +1,4 @@
-"""DVC stage train: data/shards -> data/models/last.ckpt (persisted, resumed), DVCLive logs in reports/train."""
+"""DVC stage train: data/shards (+ data/latents) -> data/models/last.ckpt (persisted, resumed), DVCLive logs in reports/train."""
 from pathlib import Path
 
 from handloom.params import stage_params
@@ -7,7 +7,7 @@ from handloom.train.fit import fit
 
 def main() -> None:
     params = stage_params()
-    fit(params.train, Path("data/shards"), Path("data/models"), Path("reports/train"))
+    fit(params.train, Path("data/shards"), Path("data/models"), Path("reports/train"), Path("data/latents"))
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def test_samples_and_losses_reach_dvclive(tmp_path):
     L.seed_everything(0)
     module = HandDiffusionModule(config(sample_every_n_steps=2, sample_steps=3, sample_count=2))
     live = tmp_path / "dvclive"
-    trainer(4, tmp_path, logger=DVCLiveLogger(dir=str(live), save_dvc_exp=False)).fit(module, loader(16))
+    trainer(4, tmp_path, logger=DVCLiveLogger(dir=str(live), save_dvc_exp=False, dvcyaml=False)).fit(module, loader(16))
     assert "loss" in json.loads((live / "metrics.json").read_text())["train"]
     assert (live / "plots" / "metrics" / "train" / "loss.tsv").read_text().count("\n") == 5  # header + 4 steps
     images = sorted(p.name for p in (live / "plots" / "images" / "samples").iterdir())

@@ -27,10 +27,71 @@ class SyntheticParams(Section):
     test_fraction: float = Field(0.1, ge=0, lt=1)
 
 
+class DatasetParams(Section):
+    """Where a public dataset comes from, which of its files to read, and how its hands are cropped."""
+
+    source: str                   # local folder, local archive, or http(s)/s3 URL of a tar/zip archive
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # required for URLs; pins local archives
+    subdir: str = ""              # folder inside the source (after extraction) that holds the dataset
+    annotations: tuple[str, ...]  # annotation files (HaGRID: folders), relative to the dataset folder
+    images_dir: str = ""          # where images live, relative to the dataset folder; `{split}` is filled in
+    crop_size: int = Field(512, ge=32)
+    crop_scale: float = Field(1.6, ge=1)          # crop side / longer side of the hands' box: context
+    interaction_gap: float = Field(0.25, ge=0)    # hands nearer than this x box side are cropped together
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # used only where the dataset has no split of its own
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    max_images: int | None = Field(None, ge=1)    # read only the first N images (smoke runs)
+    max_archive_gb: float = Field(512, gt=0)      # refuse archives that declare more (archive bombs)
+
+
+# mmpose's COCO-style conversions, laid out as mmpose's data preparation docs describe.
+class FreiHANDParams(DatasetParams):
+    annotations: tuple[str, ...] = ("annotations/freihand_train.json", "annotations/freihand_val.json",
+                                    "annotations/freihand_test.json")
+
+
+class OneHand10KParams(DatasetParams):
+    annotations: tuple[str, ...] = ("annotations/onehand10k_train.json", "annotations/onehand10k_test.json")
+
+
+class RHDParams(DatasetParams):
+    annotations: tuple[str, ...] = ("annotations/rhd_train.json", "annotations/rhd_test.json")
+
+
+class PanopticParams(DatasetParams):
+    annotations: tuple[str, ...] = ("annotations/panoptic_train.json", "annotations/panoptic_test.json")
+
+
+# Native layouts.
+class InterHandParams(DatasetParams):
+    annotations: tuple[str, ...] = tuple(f"annotations/{s}/InterHand2.6M_{s}_data.json"
+                                         for s in ("train", "val", "test"))
+    images_dir: str = "images/{split}"
+
+
+class COCOWholeBodyParams(DatasetParams):
+    annotations: tuple[str, ...] = ("annotations/coco_wholebody_train_v1.0.json",
+                                    "annotations/coco_wholebody_val_v1.0.json")
+    images_dir: str = "{split}2017"
+
+
+class HaGRIDParams(DatasetParams):
+    annotations: tuple[str, ...] = ("annotations/train", "annotations/val", "annotations/test")
+    images_dir: str = "hagrid_dataset_512"
+
+
 class IngestParams(Section):
-    """One entry per dataset; dvc.yaml's `foreach` runs `ingest@<name>` for each."""
+    """One entry per dataset; dvc.yaml's `foreach` runs `ingest@<name>` for each key in params.yaml."""
 
     synthetic: SyntheticParams | None = SyntheticParams()
+    # Public datasets: off unless params.yaml names them (the default run stays offline and synthetic).
+    freihand: FreiHANDParams | None = None
+    interhand: InterHandParams | None = None
+    hagrid: HaGRIDParams | None = None
+    onehand10k: OneHand10KParams | None = None
+    rhd: RHDParams | None = None
+    panoptic: PanopticParams | None = None
+    coco_wholebody: COCOWholeBodyParams | None = None
 
 
 # --- annotate ----------------------------------------------------------------------------------
@@ -78,13 +139,20 @@ class TrainParams(Section):
     p_drop_pose: float = Field(0.1, ge=0, le=1)
     p_drop_both: float = Field(0.05, ge=0, le=1)
     mask_loss_weight: float = Field(0.5, ge=0)
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    # Local weights only (nothing is downloaded): an AutoencoderKL directory puts the DiT in its latent
+    # space, at resolution // the VAE's downscale; null trains in pixel space at `resolution`.
+    vae_path: str | None = None
+    # REPA's frozen encoder: a transformers Dinov2Model directory or a TorchScript file; null disables REPA.
+    repa_encoder_path: str | None = None
+    repa_weight: float = Field(0.5, ge=0)
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on a GPU, else 32
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = Field(1, ge=1)
     strategy: Literal["auto", "ddp"] = "auto"
     num_workers: int = Field(0, ge=0)
     sample_every_n_steps: int = Field(100, ge=1)
     log_every_n_steps: int = Field(10, ge=1)
+    checkpoint_every_n_steps: int = Field(50, ge=1)  # how much a kill -9 can cost
 
 
 # --- evaluate / report -------------------------------------------------------------------------

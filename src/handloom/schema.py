@@ -188,6 +188,13 @@ class Reject:
     LOW_DETECTION_SCORE = "low_detection_score"
     SMALL_MASK = "small_mask"
     GT_DISAGREEMENT = "gt_disagreement"
+    # Ingest of public datasets: the native file or record could not be turned into a sample.
+    MISSING_IMAGE = "missing_image"
+    IMAGE_SIZE_MISMATCH = "image_size_mismatch"  # pixels differ from the size the annotation was made on
+    CORRUPT_ANNOTATION = "corrupt_annotation"
+    TRUNCATED_ANNOTATION = "truncated_annotation"
+    BAD_BOX = "bad_box"                          # box-only datasets (HaGRID): empty, non-finite or off-image
+    DUPLICATE_KEY = "duplicate_key"
 
 
 # --- File names inside each stage's output directory -------------------------------------------

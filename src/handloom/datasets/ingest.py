@@ -5,6 +5,14 @@ import hashlib
 from pathlib import Path
 
 from handloom import schema
+# Public datasets: each module reads its dataset's native layout (docs/datasets/<name>.md).
+from handloom.datasets.coco_wholebody import ingest_coco_wholebody
+from handloom.datasets.freihand import ingest_freihand
+from handloom.datasets.hagrid import ingest_hagrid
+from handloom.datasets.interhand import ingest_interhand
+from handloom.datasets.onehand10k import ingest_onehand10k
+from handloom.datasets.panoptic import ingest_panoptic
+from handloom.datasets.rhd import ingest_rhd
 from handloom.datasets.store import DatasetWriter
 from handloom.params import SyntheticParams
 
@@ -38,7 +46,16 @@ def ingest_synthetic(p: SyntheticParams, out_dir: Path) -> DatasetWriter:
     return writer
 
 
-INGESTERS = {"synthetic": ingest_synthetic}
+INGESTERS = {
+    "synthetic": ingest_synthetic,
+    "freihand": ingest_freihand,
+    "interhand": ingest_interhand,
+    "hagrid": ingest_hagrid,
+    "onehand10k": ingest_onehand10k,
+    "rhd": ingest_rhd,
+    "panoptic": ingest_panoptic,
+    "coco_wholebody": ingest_coco_wholebody,
+}
 
 
 def ingest(dataset: str, dataset_params, out_dir: str | Path) -> DatasetWriter:

@@ -19,11 +19,11 @@ MCP = {"index": (27, 92, 0), "middle": (6, 96, 0), "ring": (-14, 90, 0), "little
 METACARPAL_BASE = {"index": (15, 24, 0), "middle": (4, 24, 0), "ring": (-8, 22, 0), "little": (-19, 20, 0)}
 THUMB_CMC = (20, 20, 9)
 # Thumb: metacarpal, proximal, distal; fingers: proximal, middle, distal phalanx (distal includes the pad).
-PHALANGES = {"thumb": (44, 32, 29), "index": (42, 25, 22), "middle": (46, 29, 24), "ring": (43, 28, 23),
-             "little": (34, 20, 21)}
+PHALANGES = {"thumb": (44, 32, 28), "index": (40, 24, 21), "middle": (44, 28, 23), "ring": (41, 27, 22),
+             "little": (33, 19, 20)}
 # Radius at the chain's base, two middle joints and tip: fingers taper towards the tip.
-RADII = {"thumb": (13, 10.5, 9.6, 8.6), "index": (10, 8.8, 7.8, 7.0), "middle": (10.3, 9.0, 8.0, 7.2),
-         "ring": (9.7, 8.5, 7.6, 6.9), "little": (8.6, 7.6, 6.8, 6.1)}
+RADII = {"thumb": (13, 11, 10, 9), "index": (11.5, 9.3, 8.4, 7.6), "middle": (11.8, 9.5, 8.6, 7.8),
+         "ring": (11, 9, 8.1, 7.4), "little": (10, 8, 7.3, 6.6)}
 # At rest the thumb lies radial-distal in the palm plane, tipped a little palmar; it bends towards
 # the ulnar-palmar side (the palm), which opposition turns towards the fingers.
 THUMB_REST = np.array([0.62, 0.75, 0.22])
@@ -387,39 +387,60 @@ class Canvas:
         c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1 + 1, n), min(r1 + 1, n)
         return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
 
+    def _footprint(self, prim, window, margin: float = 0.0) -> np.ndarray:
+        """Pixels of the window whose rays can pass within `margin` of the primitive: near its projected
+        axis (a finger seen slantwise covers a thin strip of its bounding box)."""
+        if isinstance(prim, Cone):
+            ends = np.stack([prim.a, prim.b]) @ prim.linear.T + prim.offset
+            radius = max(prim.ra, prim.rb) * np.linalg.norm(prim.linear, 2) + margin
+        else:
+            ends, radius = prim.center[None], np.linalg.norm(prim.axes, axis=0).max() + margin
+        z = max(ends[:, 2].min() - radius, 1.0)
+        uv = (ends[:, :2] / ends[:, 2:] * np.diag(self.camera.K)[:2] + self.camera.K[:2, 2]) * self.ss
+        uv -= (window[1].start, window[0].start)
+        rows, cols = window[0].stop - window[0].start, window[1].stop - window[1].start
+        if not np.all(np.abs(uv) < 1e5):
+            return np.ones((rows, cols), bool)
+        width = int(np.ceil(1.25 * self.camera.K[0, 0] * self.ss * radius / z)) + 2
+        mask = np.zeros((rows, cols), np.uint8)
+        a, b = (tuple(int(round(v)) for v in p) for p in (uv[0], uv[-1]))
+        cv2.line(mask, a, b, 1, 2 * width + 1)
+        cv2.circle(mask, a, width, 1, -1), cv2.circle(mask, b, width, 1, -1)
+        return mask.astype(bool)
+
     def draw(self, prim, hand: int) -> None:
         window = self._window(prim)
         if window is None:
             return
         self.drawn.append((prim, hand))
-        D = self.rays[window]
-        shape = D.shape[:2]
+        near = self._footprint(prim, window)
         hits = _cone_hits if isinstance(prim, Cone) else _ellipsoid_hits
-        t, n = hits(D.reshape(-1, 3).astype(np.float64), prim)
-        t, n = t.reshape(shape), n.reshape(*shape, 3)
-        closer = t < self.depth[window]
-        self.depth[window][closer] = t[closer]
-        self.normal[window][closer] = n[closer]
-        self.hand[window][closer] = hand
-        self.material[window][closer] = prim.material
+        t, n = hits(self.rays[window][near].astype(np.float64), prim)
+        closer = t < self.depth[window][near]
+        ii = tuple(i[near][closer] for i in np.mgrid[window])
+        self.depth[ii] = t[closer]
+        self.normal[ii] = n[closer]
+        self.hand[ii] = hand
+        self.material[ii] = prim.material
 
     def smooth_normals(self, blend: float) -> None:
         """Replace each normal by the gradient of an exponential smooth union of the hand's primitives
         (weights exp(-distance / blend)), so joins between phalanges, palm and wrist shade without creases."""
-        total = np.zeros_like(self.normal)
+        rows, cols = np.nonzero(np.isfinite(self.depth))
+        points = self.rays[rows, cols] * self.depth[rows, cols][:, None]
+        hands = self.hand[rows, cols]
+        total = np.zeros_like(points)
         for prim, hand in self.drawn:
-            window = self._window(prim, 4 * blend)
+            window = self._window(prim, 3 * blend)
             if window is None:
                 continue
-            sel = self.hand[window] == hand
-            if not sel.any():
-                continue
-            P = (self.rays[window][sel] * self.depth[window][sel][:, None]).astype(np.float64)
-            dist, grad = (_cone_distance if isinstance(prim, Cone) else _ellipsoid_distance)(P, prim)
-            grad /= np.maximum(np.linalg.norm(grad, axis=1, keepdims=True), 1e-9)
-            total[window][sel] += (np.exp(-np.maximum(dist, 0) / blend)[:, None] * grad).astype(np.float32)
-        norm = np.linalg.norm(total, axis=-1, keepdims=True)
-        self.normal = np.where(norm > 1e-6, total / np.maximum(norm, 1e-6), self.normal)
+            near = np.flatnonzero((hands == hand) & (rows >= window[0].start) & (rows < window[0].stop)
+                                  & (cols >= window[1].start) & (cols < window[1].stop))
+            dist, grad = (_cone_distance if isinstance(prim, Cone) else _ellipsoid_distance)(points[near], prim)
+            weight = np.exp(-np.maximum(dist, 0) / blend) / np.maximum(np.linalg.norm(grad, axis=1), 1e-9)
+            total[near] += weight[:, None] * grad
+        norm = np.linalg.norm(total, axis=1, keepdims=True)
+        self.normal[rows, cols] = np.where(norm > 1e-6, total / np.maximum(norm, 1e-6), self.normal[rows, cols])
 
 
 # --- Appearance --------------------------------------------------------------------------------
@@ -442,6 +463,7 @@ class Look:
     wrap: float             # light wrapping round the terminator: skin scatters
     specular: float
     background: str
+    blotches: np.ndarray    # (4, 4): wave vectors (1/mm) and phases of the skin's albedo variation
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Look":
@@ -450,9 +472,11 @@ class Look:
         sleeve = rng.uniform(0.05, 0.9, 3) if rng.random() < 0.4 else None
         warmth = rng.uniform(-0.08, 0.08)
         light = _unit([rng.normal(0, 0.6), -0.2 - abs(rng.normal(0, 0.6)), -1])  # from the front, above
-        return cls(skin, sleeve, light, rng.uniform(0.85, 1.1) * np.array([1 + warmth, 1, 1 - warmth]),
-                   float(rng.uniform(0.45, 0.65)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.04, 0.14)),
-                   str(rng.choice(BACKGROUNDS)))
+        return cls(skin, sleeve, light, rng.uniform(0.7, 0.95) * np.array([1 + warmth, 1, 1 - warmth]),
+                   float(rng.uniform(0.3, 0.45)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.04, 0.14)),
+                   str(rng.choice(BACKGROUNDS)),
+                   np.column_stack([rng.normal(0, 1, (4, 3)) * 2 * np.pi / rng.uniform(15, 50, (4, 1)),
+                                    rng.uniform(0, 2 * np.pi, 4)]))
 
 
 def _random_color(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
@@ -507,11 +531,28 @@ def background(kind: str, size: int, skin: np.ndarray, rng: np.random.Generator)
     return cv2.GaussianBlur(img.astype(np.float32), (0, 0), size / 256)
 
 
-def shade(canvas: Canvas, look: Look, palm_normals: list[np.ndarray]) -> np.ndarray:
+# The main palm creases (distal, proximal, thenar) as polylines in the right-hand frame at unit scale.
+PALM_CREASES = (((-40, 74), (-20, 76), (0, 80), (14, 87)), ((30, 64), (10, 60), (-10, 56), (-28, 50)),
+                ((30, 64), (19, 52), (13, 36), (11, 16)))
+
+
+def _palm_crease(local: np.ndarray) -> np.ndarray:
+    """How much each point (right-hand frame, unit scale) lies in a palm crease, in [0, 1]."""
+    dist = np.full(len(local), np.inf)
+    for line in PALM_CREASES:
+        for a, b in zip(np.array(line[:-1], float), np.array(line[1:], float)):
+            u = np.clip((local[:, :2] - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
+            dist = np.minimum(dist, np.linalg.norm(local[:, :2] - a - u[:, None] * (b - a), axis=1))
+    on_palm = (local[:, 2] > 0) & (local[:, 2] < 20)
+    return np.exp(-0.5 * (dist / 1.3) ** 2) * on_palm
+
+
+def shade(canvas: Canvas, look: Look, placements: list[tuple[np.ndarray, np.ndarray] | None]) -> np.ndarray:
     """Soft skin shading of the z-buffer in camera frame: wrapped Lambert + sky ambient + a little gloss,
-    palms lighter than backs, and darker creases where a surface sits behind its neighbours."""
+    palms lighter than backs and creased, blotchy skin, darker hollows where a surface sits behind its
+    neighbours. `placements` maps each hand's frame (unit scale) to the world, None if absent."""
     hit = np.isfinite(canvas.depth)
-    N, V = canvas.normal, -canvas.rays
+    N = canvas.normal
     L = look.light.astype(np.float32)
     diffuse = np.clip((N @ L + look.wrap) / (1 + look.wrap), 0, 1)
     sky = look.ambient * (0.75 - 0.25 * N[..., 1])
@@ -519,17 +560,24 @@ def shade(canvas: Canvas, look: Look, palm_normals: list[np.ndarray]) -> np.ndar
     gloss = look.specular * np.clip(N @ H, 0, 1) ** 24
     palm_skin = look.skin + (1 - look.skin) * (0.18 + 0.25 * (1 - look.skin.mean())) * np.array([1, 0.85, 0.8])
     albedo = np.broadcast_to(look.skin, N.shape).astype(np.float32).copy()
-    for h, normal in enumerate(palm_normals):
-        sel = canvas.hand == h
-        palmar = np.clip(N[sel] @ (canvas.camera.R @ normal), 0, 1)[:, None] ** 0.7
-        albedo[sel] = look.skin * (1 - palmar) + palm_skin * palmar
+    camera = canvas.camera
+    for h, placement in enumerate(placements):
+        sel = (canvas.hand == h) & (canvas.material == SKIN)
+        if placement is None or not sel.any():
+            continue
+        linear, position = placement
+        world = (canvas.rays[sel] * canvas.depth[sel][:, None] - camera.t) @ camera.R
+        local = (world - position) @ np.linalg.inv(linear).T
+        palmar = np.clip(N[sel] @ camera.R @ linear[:, 2] / np.linalg.norm(linear[:, 2]), 0, 1) ** 0.7
+        blotch = 1 + 0.06 * np.sin(local @ look.blotches[:, :3].T + look.blotches[:, 3]).mean(1)
+        tint = look.skin * (1 - palmar[:, None]) + palm_skin * palmar[:, None]
+        albedo[sel] = tint * (blotch * (1 - 0.22 * palmar * _palm_crease(local)))[:, None]
     albedo[canvas.material == NAIL] = 0.5 * albedo[canvas.material == NAIL] + 0.5 * NAIL_COLOR
     if look.sleeve is not None:
         albedo[canvas.material == SLEEVE] = look.sleeve
     depth = np.where(hit, canvas.depth, canvas.depth[hit].max() + 40 if hit.any() else 0)
-    blur_px = 0.02 * canvas.depth.shape[0]
-    crease = np.clip((depth - cv2.GaussianBlur(depth, (0, 0), blur_px)) / 40, 0, 1)
-    light = look.light_color * diffuse[..., None] * (1 - 0.4 * crease[..., None]) + sky[..., None]
+    hollow = np.clip((depth - cv2.GaussianBlur(depth, (0, 0), 0.02 * depth.shape[0])) / 40, 0, 1)
+    light = look.light_color * diffuse[..., None] * (1 - 0.4 * hollow[..., None]) + sky[..., None]
     color = albedo * light + gloss[..., None] * look.light_color
     return np.where(hit[..., None], np.clip(color, 0, 1), 0).astype(np.float32)
 
@@ -590,14 +638,15 @@ def _arrangement(rng, scale: float, two_hands: bool) -> tuple[str, list[tuple[st
     if not two_hands:
         hand = "right" if rng.random() < 0.5 else "left"
         return "single", [(hand, _rotation((0, 0, 1), rng.normal(0, 10)), np.zeros(3))]
-    kind = str(rng.choice(["side_by_side", "overlapping", "fingertips"], p=[0.5, 0.3, 0.2]))
+    kind = str(rng.choice(["side_by_side", "overlapping", "fingertips"], p=[0.5, 0.25, 0.25]))
     if kind == "fingertips":  # fingers pointing at each other, tips nearly touching
-        gap, tilt = rng.uniform(190, 230) * scale, rng.normal(0, 10)
+        gap, tilt = rng.uniform(370, 410) * scale, rng.normal(0, 10)
         return kind, [("right", _rotation((0, 0, 1), 90 + tilt), np.array([gap / 2, 0, 0])),
                       ("left", _rotation((0, 0, 1), -90 + tilt), np.array([-gap / 2, 0, 0]))]
-    gap = rng.uniform(95, 130) * scale if kind == "side_by_side" else rng.uniform(55, 80) * scale
-    depth = 0.0 if kind == "side_by_side" else rng.choice([-1, 1]) * rng.uniform(25, 45) * scale
-    lean = rng.uniform(-5, 20)  # fingertips lean towards each other
+    # little fingers face each other; "overlapping" puts one hand partly in front of the other
+    gap = rng.uniform(120, 170) * scale if kind == "side_by_side" else rng.uniform(85, 110) * scale
+    depth = 0.0 if kind == "side_by_side" else rng.choice([-1, 1]) * rng.uniform(40, 60) * scale
+    lean = rng.uniform(-15, 8)  # > 0: fingertips lean towards each other
     return kind, [("right", _rotation((0, 0, 1), lean), np.array([gap / 2, rng.normal(0, 10), depth / 2])),
                   ("left", _rotation((0, 0, 1), -lean), np.array([-gap / 2, rng.normal(0, 10), -depth / 2]))]
 
@@ -635,16 +684,16 @@ def _postprocess(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 BLEND_MM = 4.0  # how far the shading of one part blends into the next
 
 
-def _render_view(camera: Camera, prims: list[tuple[object, int]], palm_normals, look: Look,
+def _render_view(camera: Camera, prims: list[tuple[object, int]], placements, look: Look,
                  backdrop: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
     """Ray-cast the hands at 2x supersampling, composite them over the backdrop with a soft drop
-    shadow; returns the RGB image and the exact silhouette."""
+    shadow and expose for the hands; returns the RGB image and the exact silhouette."""
     ss = 2
     canvas = Canvas(camera, ss)
     for prim, hand in prims:
         canvas.draw(_transform(prim, camera.R, camera.t), hand)
     canvas.smooth_normals(BLEND_MM)
-    color = shade(canvas, look, palm_normals)
+    color = shade(canvas, look, placements)
     size = camera.size
     coverage = cv2.resize(np.isfinite(canvas.depth).astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
     premultiplied = cv2.resize(color, (size, size), interpolation=cv2.INTER_AREA)
@@ -652,6 +701,8 @@ def _render_view(camera: Camera, prims: list[tuple[object, int]], palm_normals, 
     shadow = cv2.warpAffine(coverage, np.array([[1, 0, shift[0]], [0, 1, shift[1]]], np.float32), (size, size))
     shadow = cv2.GaussianBlur(shadow, (0, 0), size / 40) * rng.uniform(0.15, 0.4)
     image = backdrop * (1 - shadow[..., None]) * (1 - coverage[..., None]) + premultiplied
+    hand_level = premultiplied.mean(-1).sum() / max(coverage.sum(), 1)
+    image *= np.clip(0.35 / max(hand_level, 1e-3), 1, 1.7)  # auto-exposure on the subject, as a camera would
     return _postprocess(image, rng), np.where(coverage >= 0.5, 255, 0).astype(np.uint8)
 
 
@@ -665,39 +716,46 @@ def render_sequence(seed: int, index: int, n_frames: int = 8, n_cameras: int = 3
     tracks = [HandTrack.sample(rng, hand, n_keys, rotation, position) for hand, rotation, position in layout]
     times = np.linspace(0, 1, n_frames) if n_frames > 1 else np.zeros(1)
     states = [[_hand_state(track, shape, look, u) for track in tracks] for u in times]
-    all_joints = np.array([[s[0] for s in frame_states] for frame_states in states])
+    all_joints = np.array([[hand.joints for hand in frame_states] for frame_states in states])
     cameras = _place_cameras(rng, n_cameras, all_joints, image_size, len(tracks) == 2)
     backdrops = [background(look.background, image_size, look.skin, rng) for _ in cameras]
     handedness = tuple(h for h in HANDS if any(t.hand == h for t in tracks))
     frames = []
     for f, frame_states in enumerate(states):
-        prims = [(p, HANDS.index(t.hand)) for t, s in zip(tracks, frame_states) for p in s[1]]
-        palm_normals = [np.zeros(3), np.zeros(3)]
+        prims = [(p, HANDS.index(t.hand)) for t, hand in zip(tracks, frame_states) for p in hand.primitives]
+        placements: list = [None, None]
         joints3d = np.zeros((2 * JOINTS_PER_HAND, 3), np.float32)
-        for t, (joints, _, palm_normal, _) in zip(tracks, frame_states):
-            palm_normals[HANDS.index(t.hand)] = palm_normal
-            joints3d[hand_rows(t.hand)] = joints
+        for t, hand in zip(tracks, frame_states):
+            placements[HANDS.index(t.hand)] = hand.placement
+            joints3d[hand_rows(t.hand)] = hand.joints
         for c, (camera, side) in enumerate(cameras):
-            image, mask = _render_view(camera, prims, palm_normals, look, backdrops[c], rng)
+            image, mask = _render_view(camera, prims, placements, look, backdrops[c], rng)
             metadata = dict(
                 skin_tone=(look.skin * 255).round().astype(int).tolist(), background=look.background,
                 camera_params=camera.metadata(), view=side, interacting=len(tracks) == 2, arrangement=kind,
-                gesture=frame_states[0][3], gestures={t.hand: s[3] for t, s in zip(tracks, frame_states)},
+                gesture=frame_states[0].gesture, gestures={t.hand: s.gesture for t, s in zip(tracks, frame_states)},
                 sleeve=look.sleeve is not None, hand_scale=round(shape.scale, 3))
             frames.append(SyntheticFrame(f"seq{index:05d}", f, str(c), image, mask,
                                          _keypoints(camera, joints3d, image_size), handedness, metadata, joints3d))
     return frames
 
 
-def _hand_state(track: HandTrack, shape: HandShape, look: Look, u: float):
-    """World joints, primitives, palm normal and gesture of one hand at time u."""
+class HandState(NamedTuple):
+    """One hand at one instant, in the world."""
+
+    joints: np.ndarray       # (21, 3) mm
+    primitives: list
+    placement: tuple[np.ndarray, np.ndarray]  # linear map and origin of the unit-scale right-hand frame
+    gesture: str
+
+
+def _hand_state(track: HandTrack, shape: HandShape, look: Look, u: float) -> HandState:
     pose, wrist, gesture = track.at(u)
     local, chains = articulate(pose, shape)
     hand_map, forearm_map = track.placement(wrist)
     prims = [_transform(p, hand_map, track.position) for p in hand_primitives(local, chains, shape)]
     prims += [_transform(p, forearm_map, track.position) for p in forearm_primitives(shape, look.sleeve is not None)]
-    joints = local @ hand_map.T + track.position
-    return joints, prims, hand_map @ np.array([0, 0, 1.0]), gesture
+    return HandState(local @ hand_map.T + track.position, prims, (hand_map * shape.scale, track.position), gesture)
 
 
 def _keypoints(camera: Camera, joints3d: np.ndarray, size: int) -> np.ndarray:

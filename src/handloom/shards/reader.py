@@ -22,11 +22,16 @@ from handloom.shards.conditioning import render_conditioning
 
 @dataclass(frozen=True)
 class ExampleSpec:
-    """How a pair becomes tensors: model resolution and conditioning mode."""
+    """How a pair becomes tensors: model resolution and conditioning mode.
+
+    `cond_resolution` renders the conditioning (not the images) at another size: a latent-space DiT
+    sees the VAE's latents, so its heatmaps and mask live on the latent grid (FoundHand).
+    """
 
     resolution: int
     conditioning: str
     heatmap_sigma: float = 1.5
+    cond_resolution: int | None = None
 
 
 def decode_sample(members: dict) -> dict:
@@ -36,8 +41,8 @@ def decode_sample(members: dict) -> dict:
                 keypoints=np.load(io.BytesIO(members["kpts.npy"])), meta=meta)
 
 
-def read_sample(shards_dir: str | Path, shard: str, offset: int) -> dict:
-    """One sample straight from its tar offset (the index makes this a seek, not a scan)."""
+def iter_samples(shards_dir: str | Path, shard: str, offset: int = 0) -> Iterator[dict]:
+    """The shard's samples in order, starting at a tar offset (an index offset is a seek, not a scan)."""
     with open(Path(shards_dir) / shard, "rb") as f:
         f.seek(offset)
         members, stem = {}, None
@@ -45,23 +50,33 @@ def read_sample(shards_dir: str | Path, shard: str, offset: int) -> dict:
             for info in tar:
                 name_stem, ext = info.name.split(".", 1)
                 if stem is not None and name_stem != stem:
-                    break
+                    yield decode_sample(members)
+                    members = {}
                 stem = name_stem
                 members[ext] = tar.extractfile(info).read()
-                if len(members) == len(schema.SHARD_MEMBERS):
-                    break
-    return decode_sample(members)
+        if members:
+            yield decode_sample(members)
+
+
+def read_sample(shards_dir: str | Path, shard: str, offset: int) -> dict:
+    """One sample straight from its tar offset (the index makes this a seek, not a scan)."""
+    return next(iter_samples(shards_dir, shard, offset))
+
+
+def image_tensor(image: np.ndarray, resolution: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, R, R) float in [-1, 1]; the one resize every consumer of pixels shares."""
+    im = cv2.resize(image, (resolution,) * 2, interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(im).permute(2, 0, 1).float().div(127.5).sub(1)
 
 
 def to_example(reference: dict, target: dict, kind: str, spec: ExampleSpec, rng: np.random.Generator | None) -> dict:
     """A training example with schema.BATCH_KEYS; images in [-1, 1] at the model's resolution."""
     def image(s):
-        im = cv2.resize(s["image"], (spec.resolution,) * 2, interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(im).permute(2, 0, 1).float().div(127.5).sub(1)
+        return image_tensor(s["image"], spec.resolution)
 
     def cond(s):
-        c = render_conditioning(spec.conditioning, s["keypoints"], s["mask"], s["image"].shape[0], spec.resolution,
-                                rng=rng, sigma=spec.heatmap_sigma)
+        c = render_conditioning(spec.conditioning, s["keypoints"], s["mask"], s["image"].shape[0],
+                                spec.cond_resolution or spec.resolution, rng=rng, sigma=spec.heatmap_sigma)
         return torch.from_numpy(c)
 
     mask = cv2.resize(target["mask"], (spec.resolution,) * 2, interpolation=cv2.INTER_NEAREST)

@@ -7,12 +7,16 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from handloom import schema
-from handloom.io import read_table
+from handloom.io import atomic_path
+from handloom.model.repa import load_repa_encoder
+from handloom.model.vae import load_autoencoder, vae_geometry
 from handloom.params import TrainParams
 from handloom.shards.conditioning import CHANNELS
-from handloom.shards.reader import ExampleSpec, pair_dataset
+from handloom.shards.reader import ExampleSpec
+from handloom.train.data import PairStream
+from handloom.train.latents import LatentCache, open_cache
 from handloom.train.module import HandDiffusionModule, TrainConfig
 
 CHECKPOINT = "last.ckpt"
@@ -20,71 +24,118 @@ CHECKPOINT = "last.ckpt"
 RESUMABLE_CHANGES = {"max_steps", "sample_every_n_steps", "sample_steps", "sample_count"}
 
 
+def model_geometry(p: TrainParams) -> tuple[int, int]:
+    """(input_size, image_channels) of the DiT: pixels, or the VAE's latent grid and channels."""
+    if p.vae_path is None:
+        return p.resolution, 3
+    geometry = vae_geometry(p.vae_path)
+    return geometry.latent_size(p.resolution), geometry.channels
+
+
 def train_config(p: TrainParams) -> TrainConfig:
     m = p.model
+    input_size, image_channels = model_geometry(p)
     return TrainConfig(
-        input_size=p.resolution, image_channels=3, cond_channels=CHANNELS[p.conditioning], depth=m.depth,
-        hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size, mlp_ratio=m.mlp_ratio,
-        mask_head=m.mask_head, num_diffusion_steps=p.diffusion_steps, prediction=p.prediction, lr=p.lr,
-        weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, max_steps=p.max_steps, ema_decay=p.ema_decay,
-        p_drop_reference=p.p_drop_reference, p_drop_pose=p.p_drop_pose, p_drop_both=p.p_drop_both,
-        mask_loss_weight=p.mask_loss_weight, sample_every_n_steps=p.sample_every_n_steps, sample_seed=p.seed)
+        input_size=input_size, image_channels=image_channels, cond_channels=CHANNELS[p.conditioning],
+        depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
+        mlp_ratio=m.mlp_ratio, mask_head=m.mask_head, num_diffusion_steps=p.diffusion_steps, prediction=p.prediction,
+        lr=p.lr, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
+        ema_decay=p.ema_decay, p_drop_reference=p.p_drop_reference, p_drop_pose=p.p_drop_pose,
+        p_drop_both=p.p_drop_both, mask_loss_weight=p.mask_loss_weight, repa_weight=p.repa_weight,
+        sample_every_n_steps=p.sample_every_n_steps, sample_seed=p.seed)
 
 
 def example_spec(p: TrainParams) -> ExampleSpec:
-    return ExampleSpec(p.resolution, p.conditioning, p.heatmap_sigma)
+    """Images at p.resolution pixels; conditioning on the DiT's own grid (the latent grid with a VAE)."""
+    input_size, _ = model_geometry(p)
+    return ExampleSpec(p.resolution, p.conditioning, p.heatmap_sigma,
+                       cond_resolution=input_size if input_size != p.resolution else None)
 
 
-def shard_urls(shards_dir: Path, split: str) -> list[str]:
-    index = read_table(shards_dir / schema.INDEX_FILE).to_pandas()
-    return [str(shards_dir / s) for s in sorted(index.loc[index.split == split, "shard"].unique())]
-
-
-def train_loader(shards_dir: Path, p: TrainParams) -> torch.utils.data.DataLoader:
-    pairs = read_table(shards_dir / schema.PAIRS_FILE).to_pandas()
-    dataset = pair_dataset(shard_urls(shards_dir, "train"), pairs[pairs.split == "train"], example_spec(p),
-                           seed=p.seed, epoch_size=p.max_steps * p.batch_size)
+def train_loader(shards_dir: Path, p: TrainParams, rank: int = 0, start_batch: int = 0,
+                 latents: LatentCache | None = None) -> torch.utils.data.DataLoader:
+    """Batches from `start_batch` on, the same ones an uninterrupted run would have seen (see PairStream)."""
+    dataset = PairStream(shards_dir, "train", example_spec(p), p.batch_size, p.seed, rank, start_batch, latents)
     return torch.utils.data.DataLoader(dataset, batch_size=p.batch_size, num_workers=p.num_workers,
                                        persistent_workers=p.num_workers > 0)
 
 
-def resumable_checkpoint(models_dir: Path, config: TrainConfig) -> Path | None:
-    """The last checkpoint if it was trained with the same model and data settings, else None."""
+def precision(p: TrainParams) -> str:
+    """"auto": bf16-mixed where a GPU supports it (the DiT recipe), full precision on the CPU."""
+    if p.precision != "auto":
+        return p.precision
+    gpu = p.accelerator != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return "bf16-mixed" if gpu else "32"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes beside the target and renames: a kill -9 mid-save leaves the previous checkpoint, never a torn one."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def resumable_checkpoint(models_dir: Path, config: TrainConfig) -> tuple[Path | None, int]:
+    """(the last checkpoint, its global step) if trained with the same model and data settings, else (None, 0)."""
     path = models_dir / CHECKPOINT
     if not path.exists():
-        return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
-    current = dataclasses.asdict(config)
+        return None, 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved, current = state["hyper_parameters"]["config"], dataclasses.asdict(config)
     changed = {k for k in current if saved.get(k) != current[k]} - RESUMABLE_CHANGES
     if changed:
         print(f"train: not resuming {path}: {sorted(changed)} changed; starting from scratch")
-        return None
-    return path
+        return None, 0
+    return path, state["global_step"]
 
 
-def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path) -> HandDiffusionModule:
-    """Train to p.max_steps, resuming from models_dir/last.ckpt when it is compatible."""
-    from dvclive.lightning import DVCLiveLogger
+def clear_torn_writes(models_dir: Path) -> None:
+    for tmp in models_dir.glob(".*.tmp"):  # atomic_path's temp files orphaned by a kill
+        tmp.unlink()
+
+
+def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
+        latents_dir: Path | None = None) -> HandDiffusionModule:
+    """Train to p.max_steps, resuming from models_dir/last.ckpt when it is compatible.
+
+    `latents_dir` is the encode_latents stage's cache; without one (or for another VAE) latents are
+    encoded on the fly. DDP (`devices` > 1) re-runs this function in every rank's process.
+    """
+    from handloom.train.live import LiveLogger, rewind_live  # imported here: dvclive is for training only
 
     L.seed_everything(p.seed, workers=True)
     config = train_config(p)
-    ckpt = resumable_checkpoint(models_dir, config)
-    module = HandDiffusionModule(config)
-    logger = DVCLiveLogger(dir=str(log_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False,
+    repa_encoder = load_repa_encoder(p.repa_encoder_path, p.resolution, config.input_size // config.patch_size)
+    if repa_encoder is not None:  # in the config, so turning REPA on or off is a new model, not a resume
+        config = dataclasses.replace(config, repa_dim=repa_encoder.embed_dim)
+    ckpt, step = resumable_checkpoint(models_dir, config)
+    module = HandDiffusionModule(config, repa_encoder=repa_encoder, autoencoder=load_autoencoder(p.vae_path))
+    logger = LiveLogger(dir=str(log_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False,
                            report=None)
+    checkpoints = ModelCheckpoint(dirpath=models_dir, save_last=True, save_top_k=0,
+                                  every_n_train_steps=p.checkpoint_every_n_steps)
     trainer = L.Trainer(
         max_steps=p.max_steps, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
-        precision=p.precision, gradient_clip_val=p.grad_clip, logger=logger, log_every_n_steps=p.log_every_n_steps,
-        callbacks=[ModelCheckpoint(dirpath=models_dir, save_last=True, save_top_k=0, every_n_train_steps=50)],
-        enable_model_summary=False, limit_val_batches=0, deterministic=False)
-    trainer.fit(module, train_dataloaders=train_loader(shards_dir, p), ckpt_path=ckpt)
+        precision=precision(p), gradient_clip_val=p.grad_clip, logger=logger, log_every_n_steps=p.log_every_n_steps,
+        callbacks=[checkpoints], plugins=[AtomicCheckpointIO()], enable_model_summary=False, limit_val_batches=0,
+        deterministic=False)
+    if trainer.is_global_zero:
+        clear_torn_writes(models_dir)
+        if ckpt is not None:
+            rewind_live(log_dir, step)
+    loader = train_loader(shards_dir, p, trainer.global_rank, step, open_cache(latents_dir, p))
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt, weights_only=True)
     trainer.save_checkpoint(models_dir / CHECKPOINT)  # the final state, whatever step the callback last saw
     return module
 
 
-def load_module(models_dir: Path, map_location: str = "cpu") -> HandDiffusionModule:
-    """The trained module from its last checkpoint (weights_only: a checkpoint is data, not code)."""
+def load_module(models_dir: Path, map_location: str = "cpu", autoencoder=None) -> HandDiffusionModule:
+    """The trained module from its last checkpoint (weights_only: a checkpoint is data, not code).
+
+    A latent-space model needs its `autoencoder` (model.vae.load_autoencoder(p.vae_path)) to sample images.
+    """
     state = torch.load(Path(models_dir) / CHECKPOINT, map_location=map_location, weights_only=True)
-    module = HandDiffusionModule(state["hyper_parameters"]["config"])
+    module = HandDiffusionModule(state["hyper_parameters"]["config"], autoencoder=autoencoder)
     module.load_state_dict(state["state_dict"])
     return module.eval()

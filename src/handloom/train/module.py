@@ -122,7 +122,8 @@ class HandDiffusionModule(L.LightningModule):
 
     `repa_encoder`: frozen nn.Module mapping target images in [-1, 1] to (N, T', D) features (REPA).
     `autoencoder`: frozen nn.Module with encode(images) -> latents and decode(latents) -> images;
-    None trains in pixel space. Neither is saved in checkpoints.
+    None trains in pixel space. Batches may carry `reference_latent` / `target_latent` (the latent
+    cache): those are used instead of encoding. Neither helper is saved in checkpoints.
     """
 
     def __init__(self, config: TrainConfig | dict, repa_encoder: nn.Module | None = None,
@@ -150,10 +151,10 @@ class HandDiffusionModule(L.LightningModule):
 
     @staticmethod
     def build_model(config: TrainConfig, repa_encoder: nn.Module | None) -> DiT:
-        repa_layer = repa_dim = None
-        if repa_encoder is not None:
-            repa_layer = config.repa_layer or max(1, config.depth // 3)
-            repa_dim = config.repa_dim or repa_encoder.embed_dim
+        # A config that names repa_dim builds the projector without the encoder, so a REPA-trained
+        # checkpoint loads for sampling with no encoder around.
+        repa_dim = config.repa_dim or (repa_encoder.embed_dim if repa_encoder is not None else None)
+        repa_layer = (config.repa_layer or max(1, config.depth // 3)) if repa_dim else None
         return DiT(config.input_size, config.patch_size, config.image_channels, config.cond_channels,
                    config.hidden_size, config.depth, config.num_heads, config.mlp_ratio, config.mask_head,
                    repa_layer, repa_dim, config.grad_checkpointing)
@@ -209,6 +210,11 @@ class HandDiffusionModule(L.LightningModule):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents if self.autoencoder is None else self.autoencoder.decode(latents)
 
+    def model_space(self, batch: dict, name: str) -> torch.Tensor:
+        """batch[name] ("target" or "reference") as the DiT sees it: the cached latent if the batch has one."""
+        cached = batch.get(f"{name}_latent")
+        return cached if cached is not None else self.encode(batch[name])
+
     # --- training ---------------------------------------------------------------------------------
     def losses(self, batch: dict, drop: bool, generator: torch.Generator | None = None) -> dict:
         """Each loss term and their weighted sum under "loss"; `drop` applies condition dropout."""
@@ -217,7 +223,7 @@ class HandDiffusionModule(L.LightningModule):
         drop_reference, drop_pose = (draw_condition_dropout(N, c.p_drop_reference, c.p_drop_pose, c.p_drop_both,
                                                             self.device, generator) if drop else (None, None))
         with torch.no_grad():
-            x0, reference = self.encode(batch["target"]), self.encode(batch["reference"])
+            x0, reference = self.model_space(batch, "target"), self.model_space(batch, "reference")
         diffusion, out = self.diffusion.training_loss(
             self.model, x0, generator, target_cond=batch["target_cond"], reference=reference,
             reference_cond=batch["reference_cond"], flag=batch["flag"],
@@ -284,7 +290,7 @@ class HandDiffusionModule(L.LightningModule):
                use_ema: bool = True) -> torch.Tensor:
         """Target images in [-1, 1] for the batch's reference and target conditioning, by guided DDIM."""
         model = self.ema if use_ema else self.model
-        reference = self.encode(batch["reference"])
+        reference = self.model_space(batch, "reference")
         N = reference.shape[0]
         shape = (N, model.image_channels, *batch["target_cond"].shape[-2:])
 

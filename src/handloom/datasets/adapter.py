@@ -1,0 +1,265 @@
+"""What every public-dataset adapter shares: native records in, validated hand crops and rejects out."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from handloom import schema
+from handloom.datasets import crops
+from handloom.datasets.sources import resolve_source
+from handloom.datasets.store import DatasetWriter
+from handloom.params import DatasetParams
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # real photos stay far below; a decompression bomb does not
+IDENTITY = tuple(range(schema.JOINTS_PER_HAND))  # datasets already in MediaPipe order
+SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test", "eval": "test", "evaluation": "test"}
+
+
+@dataclass
+class Hand:
+    """One annotated hand: the unit that ends up in a manifest row or a reject row."""
+
+    record_id: str                   # unique in the dataset; rejects name it, manifest metadata lists it
+    side: str | None                 # 'right' / 'left', or None where the dataset does not say
+    keypoints: np.ndarray | None     # 21x3 in MediaPipe order, source pixels, col 2 in [0, 1]; None: box only
+    box: crops.Box | None = None     # the dataset's own box where it has no keypoints (HaGRID)
+    metadata: dict = field(default_factory=dict)  # per hand (gesture label); the first hand's wins in a crop
+
+    @property
+    def rows(self) -> str | None:
+        """Which block of the 42x3 array holds it; unknown handedness goes to the first block."""
+        return None if self.keypoints is None else self.side or schema.HANDS[0]
+
+
+@dataclass
+class ImageRecord:
+    """One native image and its hands; each crop of it becomes a sample."""
+
+    image_path: Path | None          # None when the file was not found
+    sequence: str
+    split: str
+    hands: list[Hand]
+    frame: int = 0
+    camera: str = "0"
+    size: tuple[int, int] | None = None  # (width, height) the annotation was made on, when it says
+    together: bool = False           # the dataset says the hands interact: one crop whatever their distance
+    normalised: bool = False         # hand boxes are fractions of the image size (HaGRID)
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A dataset's fixed facts: name, license text, and the reader of its native annotations."""
+
+    name: str
+    license: str
+    read: Callable[[DatasetParams, Path, DatasetWriter], Iterable[ImageRecord]]
+
+
+def run_adapter(spec: Spec, p: DatasetParams, out_dir: Path) -> DatasetWriter:
+    """Resolve the source, read the native records, and write crops and rejects."""
+    source_dir = resolve_source(p.source, p.sha256, max_bytes=int(p.max_archive_gb * (1 << 30)))
+    root = source_dir / p.subdir if p.subdir else source_dir
+    if not root.is_dir():
+        raise FileNotFoundError(f"{spec.name}: {root} is not a folder (check `source` and `subdir`)")
+    writer = DatasetWriter(out_dir, spec.name, license=spec.license, source=p.source)
+    records = spec.read(p, root, writer)
+    if p.max_images:
+        records = (r for _, r in zip(range(p.max_images), records))
+    emit(writer, records, p, root)
+    return writer
+
+
+# --- Reading native files --------------------------------------------------------------------------
+def load_json(path: Path, root: Path, writer: DatasetWriter):
+    """Parsed JSON, or None after a reject row naming the file: a truncated or corrupt file never stops the stage."""
+    text = path.read_bytes()
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        truncated = isinstance(e, json.JSONDecodeError) and e.pos >= len(text.rstrip())
+        writer.reject(relative(path, root),
+                      schema.Reject.TRUNCATED_ANNOTATION if truncated else schema.Reject.CORRUPT_ANNOTATION,
+                      f"{type(e).__name__}: {e}")
+        return None
+
+
+def annotation_files(p: DatasetParams, root: Path) -> Iterator[Path]:
+    """The configured annotation files; a missing one is a configuration error, not a reject."""
+    for rel in p.annotations:
+        path = root / rel
+        if not path.exists():
+            raise FileNotFoundError(f"annotation file {rel!r} not found under {root} (see `annotations`)")
+        yield path
+
+
+def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside: Path) -> Path | None:
+    """The image named in an annotation: under images_dir, else beside the annotation file, else under root."""
+    candidates = [root / p.images_dir.format(split=split) / file_name] if p.images_dir else []
+    candidates += [beside / file_name, root / file_name]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def split_of(path: Path, p: DatasetParams, sequence: str, own_split: bool = True) -> str:
+    """The dataset's own split when the file's name (or folder) says it; otherwise a stable hash of the sequence."""
+    if own_split:
+        for part in reversed(path.parts):
+            for word in re.split(r"[^a-z]+", Path(part).stem.lower()):
+                if word in SPLIT_WORDS:
+                    return SPLIT_WORDS[word]
+    from handloom.datasets.ingest import assign_split  # ingest.py imports the adapters: import at call time
+
+    return assign_split(sequence, p.val_fraction, p.test_fraction)
+
+
+def sanitise(name: str) -> str:
+    """A sequence id the sample-key pattern accepts."""
+    return re.sub(r"[^\w.-]", "_", str(name))
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def tip_to_base_order(wrist: int, first: int) -> tuple[int, ...]:
+    """Native indices in MediaPipe order for datasets that list each finger tip -> base (RHD, InterHand2.6M)."""
+    return (wrist, *(first + 4 * f + 3 - j for f in range(5) for j in range(4)))
+
+
+def keypoints_21(values, order: tuple[int, ...]) -> np.ndarray:
+    """Flat or nested 21x(x, y, v) in a native order -> 21x3 float32 in MediaPipe order, v clipped to [0, 1]."""
+    k = np.asarray(values, np.float64).reshape(-1, 3)
+    if len(k) != schema.JOINTS_PER_HAND:
+        raise ValueError(f"{len(k)} joints, expected {schema.JOINTS_PER_HAND}")
+    k = k[list(order)]
+    k[:, 2] = np.clip(k[:, 2], 0, 1)
+    return k.astype(np.float32)
+
+
+def parse_hand(writer: DatasetWriter, record_id: str, read: Callable[[], tuple[str | None, object]],
+               order: tuple[int, ...] = IDENTITY, **metadata) -> Hand | None:
+    """A Hand from `read()` -> (side, native keypoints), or None after a reject row saying what was wrong."""
+    try:
+        side, values = read()
+        keypoints = keypoints_21(values, order)
+    except KeyError as e:
+        writer.reject(record_id, schema.Reject.MISSING_FIELD, f"no field {e}")
+        return None
+    except (TypeError, ValueError) as e:
+        writer.reject(record_id, schema.Reject.BAD_KEYPOINT_SHAPE, str(e))
+        return None
+    if side not in (None, *schema.HANDS):
+        writer.reject(record_id, schema.Reject.UNKNOWN_LABEL, f"handedness {side!r}")
+        return None
+    return Hand(record_id, side, keypoints, metadata=metadata)
+
+
+def read_image(path: Path | None) -> tuple[np.ndarray | None, str, str]:
+    """(RGB pixels, "", "") or (None, reject reason, detail).
+
+    PIL raises on a truncated file, where OpenCV would return the image half grey without a word.
+    """
+    if path is None:
+        return None, schema.Reject.MISSING_IMAGE, "not found under images_dir, beside the annotation, or at the root"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(path.read_bytes())) as im:
+                im.load()
+                return np.asarray(im.convert("RGB")), "", ""
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        return None, schema.Reject.UNREADABLE_IMAGE, f"{path.name}: {type(e).__name__}: {e}"
+
+
+# --- Writing samples --------------------------------------------------------------------------------
+def emit(writer: DatasetWriter, records: Iterable[ImageRecord], p: DatasetParams, root: Path) -> None:
+    """Every hand of every record lands in one sample's metadata["records"] or in one reject row."""
+    seen: set[str] = set()
+    for record in tqdm(records, desc=f"ingest {writer.dataset}", unit="image", disable=None):
+        image, reason, detail = read_image(record.image_path)
+        if image is None:
+            _reject_all(writer, record.hands, reason, detail)
+            continue
+        h, w = image.shape[:2]
+        if record.size and tuple(record.size) != (w, h):
+            _reject_all(writer, record.hands, schema.Reject.IMAGE_SIZE_MISMATCH,
+                        f"annotated {record.size[0]}x{record.size[1]}, file is {w}x{h}")
+            continue
+        if record.normalised:
+            for hand in record.hands:
+                hand.box = tuple(np.multiply(hand.box, (w, h, w, h)).tolist())
+        hands = [hand for hand in record.hands if _usable(writer, hand, w, h)]
+        groups = crops.group_hands([hand_box(hand) for hand in hands], [hand.rows for hand in hands],
+                                   p.interaction_gap, record.together)
+        for k, group in enumerate(groups):
+            sequence = record.sequence if len(groups) == 1 else f"{record.sequence}_h{k}"
+            key = schema.SampleKey(writer.dataset, record.split, sanitise(sequence), record.frame, record.camera)
+            members = [hands[i] for i in group]
+            if str(key) in seen:
+                _reject_all(writer, members, schema.Reject.DUPLICATE_KEY, str(key))
+                continue
+            seen.add(str(key))
+            _add_sample(writer, key, image, members, record, p, root)
+
+
+def _reject_all(writer: DatasetWriter, hands: list[Hand], reason: str, detail: str = "") -> None:
+    for hand in hands:
+        writer.reject(hand.record_id, reason, detail)
+
+
+def _usable(writer: DatasetWriter, hand: Hand, w: int, h: int) -> bool:
+    if hand.keypoints is None:
+        box = hand.box
+        ok = box is not None and np.all(np.isfinite(box)) and box[2] > max(box[0], 0) and box[3] > max(box[1], 0) \
+            and box[0] < w and box[1] < h
+        if not ok:
+            writer.reject(hand.record_id, schema.Reject.BAD_BOX, f"box {box} in a {w}x{h} image")
+        return bool(ok)
+    reason = schema.validate_keypoints(place(hand), w, h)
+    if reason:
+        writer.reject(hand.record_id, reason)
+    return reason is None
+
+
+def place(*hands: Hand) -> np.ndarray:
+    """The 42x3 array of hands with keypoints, each in its own block."""
+    k = schema.empty_keypoints()
+    for hand in hands:
+        k[schema.hand_rows(hand.rows)] = hand.keypoints
+    return k
+
+
+def hand_box(hand: Hand) -> crops.Box:
+    if hand.keypoints is None:
+        return tuple(map(float, hand.box))
+    return schema.hand_box(place(hand), hand.rows)
+
+
+def _add_sample(writer: DatasetWriter, key: schema.SampleKey, image: np.ndarray, hands: list[Hand],
+                record: ImageRecord, p: DatasetParams, root: Path) -> None:
+    box = crops.union([hand_box(hand) for hand in hands])
+    square = crops.Square.around(box, p.crop_scale)
+    keypoints = None if hands[0].keypoints is None else square.keypoints(place(*hands), p.crop_size)
+    metadata = dict(record.metadata)
+    for hand in reversed(hands):  # the first hand's labels win (HaGRID lists gesturing hands first)
+        metadata.update(hand.metadata)
+    sides = {hand.side for hand in hands}
+    metadata.update(
+        handedness=[s for s in schema.HANDS if s in sides],  # [] = unknown: annotate falls back to MediaPipe
+        records=[hand.record_id for hand in hands], interacting=len(hands) > 1,
+        source_image=relative(record.image_path, root), source_size=[image.shape[1], image.shape[0]],
+        crop_square=[square.x0, square.y0, square.side])
+    writer.add(key, square.cut(image, p.crop_size), keypoints, square.box(box, p.crop_size), metadata)

@@ -1,0 +1,105 @@
+"""Run one DVC stage through DVC itself, so dvc.lock stays the truth and an up-to-date stage is skipped."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+TAIL_LINES = 20
+# `--wait-for-lock`: DVC holds the repo lock only while it checks and commits a stage and releases
+# it while the command runs, so stages in one workspace can run side by side if each waits its turn.
+DVC = [sys.executable, "-m", "dvc", "--wait-for-lock"]
+Log = Callable[[str], None]
+
+
+@dataclass
+class StageRun:
+    stage: str
+    status: str      # ran | skipped (up to date) | restored (from DVC's run cache)
+    seconds: float
+
+
+class StageFailed(RuntimeError):
+    """A stage exited non-zero or ran out of time; the message names it and carries its stderr tail."""
+
+    def __init__(self, stage: str, reason: str, tail: str):
+        super().__init__(f"stage {stage} {reason}; stderr tail:\n{tail}")
+        self.stage, self.tail = stage, tail
+
+
+def stage_env() -> dict[str, str]:
+    """The stage commands' `python` is this interpreter's, whatever PATH the worker was started with."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """The stage command is DVC's child: stop both, not just DVC."""
+    try:
+        procs = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        p.kill()
+
+
+def _pump(stream, log: Log, tail: deque) -> None:
+    for line in stream:
+        line = line.rstrip("\n").rsplit("\r", 1)[-1]  # a progress bar's last frame, not all of them
+        tail.append(line)
+        log(line)
+
+
+def run_dvc(root: str | Path, args: list[str], stage: str, timeout_s: float, log: Log = print) -> list[str]:
+    """`dvc <args>` at the repo root, output streamed to `log`; returns the stdout tail, raises StageFailed."""
+    proc = subprocess.Popen([*DVC, *args], cwd=root, env=stage_env(), text=True, errors="replace",
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = deque(maxlen=TAIL_LINES), deque(maxlen=TAIL_LINES)
+    pumps = [threading.Thread(target=_pump, args=a, daemon=True) for a in ((proc.stdout, log, out), (proc.stderr, log, err))]
+    for t in pumps:
+        t.start()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc)
+        raise StageFailed(stage, f"timed out after {timeout_s:g} s", "\n".join(err)) from None
+    finally:
+        for t in pumps:
+            t.join()
+    if proc.returncode:
+        raise StageFailed(stage, f"failed (exit {proc.returncode})", "\n".join(err))
+    return list(out)
+
+
+def repro_stage(root: str | Path, stage: str, timeout_s: float, log: Log = print) -> StageRun:
+    """`dvc repro --single-item <stage>`: upstream stages are the flow's business, not DVC's."""
+    start = time.perf_counter()
+    out = "\n".join(run_dvc(root, ["repro", "--single-item", stage], stage, timeout_s, log))
+    status = "skipped" if "didn't change, skipping" in out else "restored" if "is cached - skipping run" in out else "ran"
+    return StageRun(stage, status, round(time.perf_counter() - start, 3))
+
+
+def stage_changed(root: str | Path, stage: str) -> bool:
+    """Whether `dvc status` finds the stage's deps, params, command or outputs changed since dvc.lock."""
+    out = subprocess.run([*DVC, "status", "--json", stage], cwd=root, env=stage_env(), capture_output=True, text=True)
+    if out.returncode:
+        raise StageFailed(stage, "status failed", out.stderr.strip())
+    return bool(json.loads(out.stdout or "{}"))
+
+
+def commit_stage(root: str | Path, stage: str, log: Log = print) -> None:
+    """Record outputs written outside `dvc repro` in dvc.lock and the cache, as `dvc repro` would."""
+    run_dvc(root, ["commit", "--force", stage], stage, timeout_s=3600, log=log)

@@ -1,0 +1,27 @@
+"""DVC stage encode_latents: data/shards -> data/latents, the train split through train.vae_path once.
+
+With train.vae_path null (pixel space, the default) it writes only data/latents/meta.json, without
+importing torch, so the default pipeline pays nothing for it.
+"""
+from pathlib import Path
+
+from handloom.params import stage_params
+
+OUT = Path("data/latents")
+
+
+def main() -> None:
+    params = stage_params().train
+    if params.vae_path is None:
+        from handloom.io import write_json
+
+        OUT.mkdir(parents=True, exist_ok=True)
+        write_json(OUT / "meta.json", {"vae": None})
+        return
+    from handloom.train.latents import encode_latents
+
+    encode_latents(Path("data/shards"), OUT, params)
+
+
+if __name__ == "__main__":
+    main()
