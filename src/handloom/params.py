@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Section(BaseModel):
@@ -108,6 +108,9 @@ class ShardParams(Section):
     max_samples: int = Field(1000, ge=1)   # per shard, before a sequence boundary closes it
     max_mb: float = Field(64, gt=0)
     jpeg_quality: int = Field(95, ge=50, le=100)
+    # Partners per reference and pair kind, spread evenly over the sequence: a 300-frame x 80-camera
+    # capture would otherwise list millions of pose pairs. Pairs are rebuilt every run; tars do not depend on it.
+    max_partners: int = Field(8, ge=1)
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -120,11 +123,28 @@ class ModelParams(Section):
     mask_head: bool = False
 
 
+class AugmentParams(Section):
+    """FoundHand's augmentations, drawn by the loader and applied to image, mask and keypoints together."""
+
+    gamma: tuple[float, float] = (0.8, 1.25)      # log-uniform range; (1, 1) turns it off
+    p_flip: float = Field(0.5, ge=0, le=1)        # mirror, which also makes a right hand a left one
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # crop side / image side, uniform; (1, 1) turns it off
+
+    @field_validator("gamma", "crop_scale")
+    @classmethod
+    def _low_high(cls, v: tuple[float, float], info) -> tuple[float, float]:
+        upper = 1.0 if info.field_name == "crop_scale" else float("inf")
+        if not 0 < v[0] <= v[1] <= upper:
+            raise ValueError(f"must be [low, high] with 0 < low <= high <= {upper}")
+        return v
+
+
 class TrainParams(Section):
     seed: int = 0
     resolution: int = Field(64, ge=8)
     conditioning: Literal["heatmaps42", "fingers11", "annotated3"] = "heatmaps42"
     heatmap_sigma: float = Field(1.5, gt=0)
+    augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
     prediction: Literal["eps", "v"] = "eps"
     diffusion_steps: int = Field(1000, ge=10)

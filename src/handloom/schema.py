@@ -162,6 +162,9 @@ SHARD_INDEX = pa.schema([
     ("shard", pa.string()),      # tar file name relative to the shards directory
     ("offset", pa.int64()),      # byte offset of the sample's first member header in the tar
     ("mp_detected", pa.int8()),  # hands MediaPipe found
+    ("mp_score_min", pa.float32()),  # MediaPipe's lowest score over the sample's hands (0: one was missed)
+    ("hands", pa.int8()),        # hands in the sample's keypoints: 2 = interacting / two-hand crop
+    ("has_gt", pa.bool_()),      # keypoints are the dataset's ground truth, not MediaPipe's
     ("mask_area", pa.int32()),
 ])
 
@@ -195,6 +198,7 @@ class Reject:
     TRUNCATED_ANNOTATION = "truncated_annotation"
     BAD_BOX = "bad_box"                          # box-only datasets (HaGRID): empty, non-finite or off-image
     DUPLICATE_KEY = "duplicate_key"
+    SPLIT_LEAK = "split_leak"  # the sequence also lies in a held-out split, where it stays
 
 
 # --- File names inside each stage's output directory -------------------------------------------
@@ -205,10 +209,14 @@ ANNOTATIONS_FILE = "annotations.parquet"  # data/annotations/<dataset>/
 INDEX_FILE = "index.parquet"            # data/shards/ (SHARD_INDEX)
 PAIRS_FILE = "pairs.parquet"            # data/shards/ (PAIRS)
 STATS_DIR = "stats"                     # data/shards/stats/<shard>.json, like img2dataset
+# Per dataset, in stats/: its index rows, and a record (fingerprint of its inputs, shards, rejects) written
+# last, so a rerun reuses a dataset's shards only when a complete earlier run made them from the same inputs.
+DATASET_INDEX_FILE = "{dataset}.index.parquet"
+DATASET_RECORD_FILE = "{dataset}.dataset.json"
 
 # --- Shard members ---------------------------------------------------------------------------
 SHARD_MEMBERS = ("jpg", "mask.png", "kpts.npy", "json")
-SHARD_PATTERN = "{split}-{index:05d}.tar"
+SHARD_PATTERN = "{dataset}-{split}-{index:05d}.tar"  # one dataset per shard: adding a dataset touches only its own
 
 # --- Training batches ------------------------------------------------------------------------
 # Images are float32 in [-1, 1], (N, 3, H, W); conditioning is (N, C, H, W); flag is (N,) long.

@@ -40,8 +40,8 @@ POSE_LIMITS = np.array([(lo, hi) for _, lo, hi in POSE_PARAMETERS], float)
 _FINGER = {"straight": (4, 4, 2), "relaxed": (22, 32, 16), "half": (40, 55, 35), "claw": (15, 75, 55),
            "curled": (85, 100, 62)}
 _SPREAD = (10, 0, -8, -15)  # abduction of straight fingers, index -> little
-_THUMB = {"out": (35, -8, 5, 5), "relaxed": (30, 8, 15, 15), "across": (22, 42, 40, 35),
-          "up": (8, -12, 0, 0), "pinch": (55, 28, 22, 22)}
+_THUMB = {"out": (10, -15, 5, 5), "relaxed": (18, 0, 15, 15), "across": (5, 15, 45, 65),
+          "up": (5, 5, 0, 0), "pinch": (5, 15, 15, 55)}
 GESTURES = {
     "open": ("out", "straight", "straight", "straight", "straight"),
     "relaxed": ("relaxed", "relaxed", "relaxed", "relaxed", "relaxed"),
@@ -125,7 +125,7 @@ def _bend(base, direction, palmar, lengths, flexions) -> Chain:
     return Chain(np.array(points), np.array(dirs), np.array(palms))
 
 
-def _thumb_chain(pose: np.ndarray, lengths) -> tuple[np.ndarray, np.ndarray]:
+def _thumb_metacarpal(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Direction and palmar side of the thumb metacarpal: abduction lifts it out of the palm plane,
     flexion swings it across the palm, and both pronate it so its pad faces the fingers (opposition)."""
     abduction, flexion = pose[0], pose[1]
@@ -143,7 +143,7 @@ def articulate(pose: np.ndarray, shape: HandShape = HandShape()) -> tuple[np.nda
     """The 21 joints (MediaPipe order, right-hand frame, mm) and each finger's chain for a pose."""
     joints = np.zeros((JOINTS_PER_HAND, 3))
     chains = {}
-    d, n = _thumb_chain(pose, PHALANGES["thumb"])
+    d, n = _thumb_metacarpal(pose)
     lengths = np.array(PHALANGES["thumb"]) * shape.scale * shape.proportions[0]
     chains["thumb"] = _bend(np.array(THUMB_CMC) * shape.scale, d, n, lengths, (0, pose[2], pose[3]))
     for i, f in enumerate(FINGERS[1:]):
@@ -191,7 +191,7 @@ def _ellipsoid_along(p, q, width: float, thickness: float, up, material: int = S
                      material)
 
 
-def hand_primitives(joints: np.ndarray, chains: dict[str, Chain], shape: HandShape) -> list:
+def hand_primitives(chains: dict[str, Chain], shape: HandShape) -> list:
     """Skin and nails of a hand in its own frame: tapered phalanges, metacarpals, a palm with thickness."""
     s, g = shape.scale, shape.scale * shape.girth
     z = np.array([0.0, 0, 1])
@@ -201,18 +201,18 @@ def hand_primitives(joints: np.ndarray, chains: dict[str, Chain], shape: HandSha
         tip = c.points[3] - r[3] * c.directions[2]  # the rendered pad ends at the tip joint
         prims += [Cone(c.points[0], c.points[1], r[0], r[1]), Cone(c.points[1], c.points[2], r[1], r[2]),
                   Cone(c.points[2], tip, r[2], r[3])]
-        nail_base = c.points[2] + 0.45 * (c.points[3] - c.points[2])
-        dorsal = -c.palmar[2] * r[3] * 0.85
-        prims.append(_ellipsoid_along(nail_base + dorsal, c.points[3] - 1.5 * r[3] * c.directions[2] + dorsal,
-                                      0.72 * r[3], 0.25 * r[3], -c.palmar[2], NAIL))
+        nail_base = c.points[2] + 0.35 * (c.points[3] - c.points[2])
+        dorsal = -c.palmar[2] * r[3] * 0.9
+        prims.append(_ellipsoid_along(nail_base + dorsal, c.points[3] - 1.2 * r[3] * c.directions[2] + dorsal,
+                                      0.75 * r[3], 0.3 * r[3], -c.palmar[2], NAIL))
     for f in FINGERS[1:]:
         prims.append(Cone(np.array(METACARPAL_BASE[f]) * s, chains[f].points[0], 9 * g, RADII[f][0] * g))
     thumb = chains["thumb"].points
-    flat = np.diag([1, 1, shape.girth])
+    heel, slab = np.diag([1, 1, 0.62 * shape.girth]), np.diag([1, 1, 0.38 * shape.girth])
     prims += [
-        # heel of the hand (thick) and the palm slab (thinner towards the knuckles)
-        Cone(np.array([0, -5, 0]) * s, np.array([0, 25, 0]) * s, 28 * s, 28 * s, linear=flat @ np.diag([1, 1, 0.62])),
-        Cone(np.array([0, 25, 0]) * s, np.array([-3, 62, 0]) * s, 33 * s, 37 * s, linear=flat @ np.diag([1, 1, 0.38])),
+        # the heel of the hand is thick, the palm slab thins towards the knuckles
+        Cone(np.array([0, -5, 0]) * s, np.array([0, 25, 0]) * s, 28 * s, 28 * s, linear=heel),
+        Cone(np.array([0, 25, 0]) * s, np.array([-3, 62, 0]) * s, 33 * s, 37 * s, linear=slab),
         Ellipsoid(np.array([-25, 42, 3]) * s, np.diag([12, 30, 11.5]) * np.array([s, s, g])),  # hypothenar
         _ellipsoid_along(thumb[0] - 0.1 * (thumb[1] - thumb[0]), thumb[0] + 0.8 * (thumb[1] - thumb[0]),
                          14 * g, 12 * g, z),  # thenar
@@ -426,21 +426,23 @@ class Canvas:
     def smooth_normals(self, blend: float) -> None:
         """Replace each normal by the gradient of an exponential smooth union of the hand's primitives
         (weights exp(-distance / blend)), so joins between phalanges, palm and wrist shade without creases."""
-        rows, cols = np.nonzero(np.isfinite(self.depth))
-        points = self.rays[rows, cols] * self.depth[rows, cols][:, None]
-        hands = self.hand[rows, cols]
+        hit = np.isfinite(self.depth)
+        order = np.full(self.depth.shape, -1)
+        order[hit] = np.arange(hit.sum())  # each hit pixel's row in the flat arrays below
+        points = self.rays[hit] * self.depth[hit][:, None]
+        hands = self.hand[hit]
         total = np.zeros_like(points)
         for prim, hand in self.drawn:
             window = self._window(prim, 3 * blend)
             if window is None:
                 continue
-            near = np.flatnonzero((hands == hand) & (rows >= window[0].start) & (rows < window[0].stop)
-                                  & (cols >= window[1].start) & (cols < window[1].stop))
+            near = order[window][order[window] >= 0]
+            near = near[hands[near] == hand]
             dist, grad = (_cone_distance if isinstance(prim, Cone) else _ellipsoid_distance)(points[near], prim)
             weight = np.exp(-np.maximum(dist, 0) / blend) / np.maximum(np.linalg.norm(grad, axis=1), 1e-9)
             total[near] += weight[:, None] * grad
         norm = np.linalg.norm(total, axis=1, keepdims=True)
-        self.normal[rows, cols] = np.where(norm > 1e-6, total / np.maximum(norm, 1e-6), self.normal[rows, cols])
+        self.normal[hit] = np.where(norm > 1e-6, total / np.maximum(norm, 1e-6), self.normal[hit])
 
 
 # --- Appearance --------------------------------------------------------------------------------
@@ -463,7 +465,7 @@ class Look:
     wrap: float             # light wrapping round the terminator: skin scatters
     specular: float
     background: str
-    blotches: np.ndarray    # (4, 4): wave vectors (1/mm) and phases of the skin's albedo variation
+    blotches: np.ndarray    # (8, 4): wave vectors (1/mm) and phases of the skin's albedo variation
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Look":
@@ -475,8 +477,12 @@ class Look:
         return cls(skin, sleeve, light, rng.uniform(0.7, 0.95) * np.array([1 + warmth, 1, 1 - warmth]),
                    float(rng.uniform(0.3, 0.45)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.04, 0.14)),
                    str(rng.choice(BACKGROUNDS)),
-                   np.column_stack([rng.normal(0, 1, (4, 3)) * 2 * np.pi / rng.uniform(15, 50, (4, 1)),
-                                    rng.uniform(0, 2 * np.pi, 4)]))
+                   np.column_stack([_unit_rows(rng.normal(0, 1, (8, 3))) * 2 * np.pi / rng.uniform(8, 30, (8, 1)),
+                                    rng.uniform(0, 2 * np.pi, 8)]))
+
+
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def _random_color(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
@@ -538,13 +544,16 @@ PALM_CREASES = (((-40, 74), (-20, 76), (0, 80), (14, 87)), ((30, 64), (10, 60), 
 
 def _palm_crease(local: np.ndarray) -> np.ndarray:
     """How much each point (right-hand frame, unit scale) lies in a palm crease, in [0, 1]."""
-    dist = np.full(len(local), np.inf)
+    out = np.zeros(len(local), np.float32)
+    on_palm = np.flatnonzero((local[:, 2] > 0) & (local[:, 2] < 20) & (local[:, 1] > 5) & (local[:, 1] < 95))
+    xy = local[on_palm, :2]
+    dist2 = np.full(len(xy), np.inf)
     for line in PALM_CREASES:
         for a, b in zip(np.array(line[:-1], float), np.array(line[1:], float)):
-            u = np.clip((local[:, :2] - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
-            dist = np.minimum(dist, np.linalg.norm(local[:, :2] - a - u[:, None] * (b - a), axis=1))
-    on_palm = (local[:, 2] > 0) & (local[:, 2] < 20)
-    return np.exp(-0.5 * (dist / 1.3) ** 2) * on_palm
+            u = np.clip((xy - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
+            dist2 = np.minimum(dist2, ((xy - a - u[:, None] * (b - a)) ** 2).sum(1))
+    out[on_palm] = np.exp(-0.5 * dist2 / 1.3 ** 2)
+    return out
 
 
 def shade(canvas: Canvas, look: Look, placements: list[tuple[np.ndarray, np.ndarray] | None]) -> np.ndarray:
@@ -552,34 +561,34 @@ def shade(canvas: Canvas, look: Look, placements: list[tuple[np.ndarray, np.ndar
     palms lighter than backs and creased, blotchy skin, darker hollows where a surface sits behind its
     neighbours. `placements` maps each hand's frame (unit scale) to the world, None if absent."""
     hit = np.isfinite(canvas.depth)
-    N = canvas.normal
+    depth = np.where(hit, canvas.depth, canvas.depth[hit].max() + 40 if hit.any() else 0)
+    hollow = np.clip((depth - cv2.GaussianBlur(depth, (0, 0), 0.02 * depth.shape[0])) / 40, 0, 1)[hit]
+    N, hand, material = canvas.normal[hit], canvas.hand[hit], canvas.material[hit]  # (P, 3), (P,), (P,)
+    camera = canvas.camera
     L = look.light.astype(np.float32)
     diffuse = np.clip((N @ L + look.wrap) / (1 + look.wrap), 0, 1)
-    sky = look.ambient * (0.75 - 0.25 * N[..., 1])
-    H = _unit(L + np.array([0, 0, -1.0])).astype(np.float32)
-    gloss = look.specular * np.clip(N @ H, 0, 1) ** 24
+    sky = look.ambient * (0.75 - 0.25 * N[:, 1])
+    gloss = look.specular * np.clip(N @ _unit(L + np.array([0, 0, -1.0])).astype(np.float32), 0, 1) ** 24
     palm_skin = look.skin + (1 - look.skin) * (0.18 + 0.25 * (1 - look.skin.mean())) * np.array([1, 0.85, 0.8])
-    albedo = np.broadcast_to(look.skin, N.shape).astype(np.float32).copy()
-    camera = canvas.camera
+    albedo = np.tile(look.skin.astype(np.float32), (len(N), 1))
     for h, placement in enumerate(placements):
-        sel = (canvas.hand == h) & (canvas.material == SKIN)
-        if placement is None or not sel.any():
+        sel = np.flatnonzero((hand == h) & (material == SKIN))
+        if placement is None or not len(sel):
             continue
         linear, position = placement
-        world = (canvas.rays[sel] * canvas.depth[sel][:, None] - camera.t) @ camera.R
+        world = (canvas.rays[hit][sel] * depth[hit][sel, None] - camera.t) @ camera.R
         local = (world - position) @ np.linalg.inv(linear).T
         palmar = np.clip(N[sel] @ camera.R @ linear[:, 2] / np.linalg.norm(linear[:, 2]), 0, 1) ** 0.7
-        blotch = 1 + 0.06 * np.sin(local @ look.blotches[:, :3].T + look.blotches[:, 3]).mean(1)
+        blotch = 1 + 0.07 * np.sin(local @ look.blotches[:, :3].T + look.blotches[:, 3]).mean(1)
         tint = look.skin * (1 - palmar[:, None]) + palm_skin * palmar[:, None]
         albedo[sel] = tint * (blotch * (1 - 0.22 * palmar * _palm_crease(local)))[:, None]
-    albedo[canvas.material == NAIL] = 0.5 * albedo[canvas.material == NAIL] + 0.5 * NAIL_COLOR
+    albedo[material == NAIL] = 0.5 * albedo[material == NAIL] + 0.5 * NAIL_COLOR
     if look.sleeve is not None:
-        albedo[canvas.material == SLEEVE] = look.sleeve
-    depth = np.where(hit, canvas.depth, canvas.depth[hit].max() + 40 if hit.any() else 0)
-    hollow = np.clip((depth - cv2.GaussianBlur(depth, (0, 0), 0.02 * depth.shape[0])) / 40, 0, 1)
-    light = look.light_color * diffuse[..., None] * (1 - 0.4 * hollow[..., None]) + sky[..., None]
-    color = albedo * light + gloss[..., None] * look.light_color
-    return np.where(hit[..., None], np.clip(color, 0, 1), 0).astype(np.float32)
+        albedo[material == SLEEVE] = look.sleeve
+    light = look.light_color * (diffuse * (1 - 0.4 * hollow))[:, None] + sky[:, None]
+    color = np.zeros(canvas.normal.shape, np.float32)
+    color[hit] = np.clip(albedo * light + gloss[:, None] * look.light_color, 0, 1)
+    return color
 
 
 # --- Sequences ---------------------------------------------------------------------------------
@@ -676,7 +685,7 @@ def _place_cameras(rng, n_cameras: int, joints: np.ndarray, size: int, two_hands
 
 def _postprocess(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sensor noise and a touch of defocus, then 8-bit RGB."""
-    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 0.8))
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 0.8) * image.shape[0] / 256)
     image = image + rng.normal(0, rng.uniform(0.004, 0.015), image.shape).astype(np.float32)
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -686,9 +695,9 @@ BLEND_MM = 4.0  # how far the shading of one part blends into the next
 
 def _render_view(camera: Camera, prims: list[tuple[object, int]], placements, look: Look,
                  backdrop: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Ray-cast the hands at 2x supersampling, composite them over the backdrop with a soft drop
+    """Ray-cast the hands on a supersampled grid, composite them over the backdrop with a soft drop
     shadow and expose for the hands; returns the RGB image and the exact silhouette."""
-    ss = 2
+    ss = int(np.clip(512 // camera.size, 1, 4))  # a ~512 px ray grid: anti-aliased, affordable at any size
     canvas = Canvas(camera, ss)
     for prim, hand in prims:
         canvas.draw(_transform(prim, camera.R, camera.t), hand)
@@ -753,7 +762,7 @@ def _hand_state(track: HandTrack, shape: HandShape, look: Look, u: float) -> Han
     pose, wrist, gesture = track.at(u)
     local, chains = articulate(pose, shape)
     hand_map, forearm_map = track.placement(wrist)
-    prims = [_transform(p, hand_map, track.position) for p in hand_primitives(local, chains, shape)]
+    prims = [_transform(p, hand_map, track.position) for p in hand_primitives(chains, shape)]
     prims += [_transform(p, forearm_map, track.position) for p in forearm_primitives(shape, look.sleeve is not None)]
     return HandState(local @ hand_map.T + track.position, prims, (hand_map * shape.scale, track.position), gesture)
 

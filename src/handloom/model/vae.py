@@ -65,5 +65,5 @@ def load_autoencoder(path: str | Path | None) -> LatentAutoencoder | None:
         return None
     from diffusers import AutoencoderKL  # imported here: pixel-space runs never pay for diffusers
 
-    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     return LatentAutoencoder(vae.requires_grad_(False).eval())

@@ -1,30 +1,43 @@
-"""Reference -> target pairs: pose pairs (same sequence and camera, other frame), view pairs (same frame,
-other camera), and self pairs for samples that have neither (trained with an augmented copy, as FoundHand)."""
+"""Reference -> target pairs: pose pairs (same sequence and camera, other frame), view pairs (same sequence and
+frame, other camera), and self pairs for samples with neither (trained with an augmented copy, as FoundHand)."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from handloom import schema
 
+# Per kind: the column a pair shares besides the sequence, and the one it varies.
+PARTNER_AXES = {"pose": ("camera", "frame"), "view": ("frame", "camera")}
 
-def make_pairs(index: pd.DataFrame) -> pa.Table:
-    """Every pose and view pair inside each sequence, in a deterministic order; the loader samples among them."""
-    rows = []
-    for (split, _, _), seq in index.groupby(["split", "dataset", "sequence"], sort=True):
-        keys = list(seq.sort_values("key")[["key", "frame", "camera"]].itertuples(index=False))
-        partners = 0
-        for ref in keys:
-            for tgt in keys:
-                if ref.key == tgt.key:
-                    continue
-                if ref.camera == tgt.camera:
-                    rows.append(dict(split=split, reference=ref.key, target=tgt.key, kind="pose"))
-                elif ref.frame == tgt.frame:
-                    rows.append(dict(split=split, reference=ref.key, target=tgt.key, kind="view"))
-                else:
-                    continue
-                partners += 1
-        if partners == 0:
-            rows += [dict(split=split, reference=k.key, target=k.key, kind="self") for k in keys]
-    return schema.table_from_rows(rows, schema.PAIRS)
+
+def kind_pairs(index: pd.DataFrame, kind: str, max_partners: int) -> pd.DataFrame:
+    """Up to `max_partners` partners per reference, at offsets spread evenly around its group.
+
+    Near and far frames both appear, and the table grows with the data, not with its square: a long
+    sequence seen by many cameras would otherwise list millions of pose pairs.
+    """
+    shared, varying = PARTNER_AXES[kind]
+    groups = ["split", "dataset", "sequence", shared]
+    df = index.sort_values([*groups, varying, "key"], ignore_index=True)
+    rank = df.groupby(groups, sort=False).cumcount().to_numpy()
+    n = df.groupby(groups, sort=False).key.transform("size").to_numpy()
+    start, keys = np.arange(len(df)) - rank, df.key.to_numpy()
+    parts = []
+    for j in range(1, max_partners + 1):
+        # Small groups: every other member (offsets 1..n-1); large ones: k offsets floor(j n / (k+1)), distinct.
+        offset = np.where(n - 1 <= max_partners, j, j * n // (max_partners + 1))
+        has = j < n
+        target = keys[(start + (rank + offset) % n)[has]]
+        parts.append(pd.DataFrame(dict(split=df.split[has], reference=keys[has], target=target, kind=kind)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def make_pairs(index: pd.DataFrame, max_partners: int = 8) -> pa.Table:
+    """Pose and view pairs inside each sequence, and a self pair for every sample that has neither; sorted."""
+    pairs = pd.concat([kind_pairs(index, kind, max_partners) for kind in PARTNER_AXES], ignore_index=True)
+    alone = index[~index.key.isin(pairs.reference)]
+    selfs = pd.DataFrame(dict(split=alone.split, reference=alone.key, target=alone.key, kind="self"))
+    pairs = pd.concat([pairs, selfs], ignore_index=True).sort_values(["split", "reference", "kind", "target"])
+    return pa.Table.from_pandas(pairs[schema.PAIRS.names], schema=schema.PAIRS, preserve_index=False)

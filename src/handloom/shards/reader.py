@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +18,9 @@ import webdataset as wds
 
 from handloom import schema
 from handloom.io import decode_image
+from handloom.params import AugmentParams
+from handloom.shards import remote  # noqa: F401  (registers the s3:// opener with WebDataset)
+from handloom.shards.augment import augment_pair
 from handloom.shards.conditioning import render_conditioning
 
 
@@ -32,13 +36,34 @@ class ExampleSpec:
     conditioning: str
     heatmap_sigma: float = 1.5
     cond_resolution: int | None = None
+    # FoundHand's augmentations; None turns them off. Keep them off where images come as latents encoded
+    # beforehand (encode_latents): the latents would not show the crop or flip the keypoints do.
+    augment: AugmentParams | None = None
 
 
-def decode_sample(members: dict) -> dict:
-    """WebDataset member bytes -> pixels, mask, 42x3 keypoints and metadata."""
+# libjpeg scales while it decodes (in the DCT domain): a 1/2 decode costs about a third of a full one.
+REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode_sample(members: dict, min_side: int | None = None) -> dict:
+    """WebDataset member bytes -> pixels, mask, 42x3 keypoints and metadata.
+
+    With `min_side`, the JPEG is decoded at the smallest of 1/8, 1/4, 1/2 scale that keeps min_side
+    pixels (the loader knows what the model and the crop augmentation need); mask and keypoints follow.
+    """
     meta = json.loads(members["json"])
-    return dict(key=meta["key"], image=decode_image(members["jpg"]), mask=decode_image(members["mask.png"], gray=True),
-                keypoints=np.load(io.BytesIO(members["kpts.npy"])), meta=meta)
+    mask = decode_image(members["mask.png"], gray=True)
+    keypoints = np.load(io.BytesIO(members["kpts.npy"]))
+    factor = max((f for f in REDUCED_COLOR if min_side and min(mask.shape) // f >= min_side), default=1)
+    if factor == 1:
+        return dict(key=meta["key"], image=decode_image(members["jpg"]), mask=mask, keypoints=keypoints, meta=meta)
+    bgr = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), REDUCED_COLOR[factor])
+    (h, w), (mh, mw) = bgr.shape[:2], mask.shape
+    present = np.any(keypoints != 0, axis=1)  # absent (all-zero) rows stay zero
+    # Pixel centres map onto centres, as cv2.resize maps them: x' = (x + 0.5) * w / W - 0.5.
+    keypoints[present, :2] = (keypoints[present, :2] + 0.5) * np.float32([w / mw, h / mh]) - 0.5
+    return dict(key=meta["key"], image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), keypoints=keypoints, meta=meta,
+                mask=cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA))
 
 
 def iter_samples(shards_dir: str | Path, shard: str, offset: int = 0) -> Iterator[dict]:
@@ -70,7 +95,13 @@ def image_tensor(image: np.ndarray, resolution: int) -> torch.Tensor:
 
 
 def to_example(reference: dict, target: dict, kind: str, spec: ExampleSpec, rng: np.random.Generator | None) -> dict:
-    """A training example with schema.BATCH_KEYS; images in [-1, 1] at the model's resolution."""
+    """A training example with schema.BATCH_KEYS; images in [-1, 1] at the model's resolution.
+
+    With `spec.augment` and an rng, the pair is augmented first (a self pair's target becomes an
+    augmented copy of its reference); without an rng (evaluation) it never is.
+    """
+    if rng is not None and spec.augment is not None:
+        reference, target = augment_pair(reference, target, kind, spec.augment, rng)
     def image(s):
         return image_tensor(s["image"], spec.resolution)
 
@@ -85,45 +116,83 @@ def to_example(reference: dict, target: dict, kind: str, spec: ExampleSpec, rng:
                 flag=torch.tensor(schema.FLAG[kind]))
 
 
+def sequence_of(sample: dict) -> str:
+    return sample["key"].rsplit("/", 1)[0]  # dataset/split/sequence
+
+
 def group_sequences(samples: Iterator[dict]) -> Iterator[list[dict]]:
-    """Consecutive samples of one sequence; the writer keeps each sequence inside one shard."""
-    group = []
+    """Consecutive samples of one sequence; the writer keeps each sequence inside one shard.
+
+    A key seen again starts a new group: resampling can draw the same one-sequence shard twice in a row.
+    """
+    group, keys = [], set()
     for s in samples:
-        if group and s["key"].rsplit("/", 1)[0] != group[0]["key"].rsplit("/", 1)[0]:
+        if group and (sequence_of(s) != sequence_of(group[0]) or s["key"] in keys):
             yield group
-            group = []
+            group, keys = [], set()
         group.append(s)
+        keys.add(s["key"])
     if group:
         yield group
 
 
-def worker_seed(seed: int) -> int:
-    """Distinct streams per DDP rank and dataloader worker, reproducible for a seed."""
-    info = torch.utils.data.get_worker_info()
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    return hash((seed, rank, info.id if info else 0)) % 2**32
-
-
-def emit_pairs(samples: Iterator[dict], partners: dict[str, list[tuple[str, str]]], spec: ExampleSpec,
-               seed: int) -> Iterator[dict]:
-    """For every reference in a sequence, one randomly chosen partner from the pairs table."""
-    rng = np.random.default_rng(worker_seed(seed))
-    for group in group_sequences(samples):
-        by_key = {s["key"]: s for s in group}
-        for s in group:
-            options = [(t, k) for t, k in partners.get(s["key"], ()) if t in by_key]
-            if options:
-                target, kind = options[rng.integers(len(options))]
-                yield to_example(s, by_key[target], kind, spec, rng)
-
-
-def pair_dataset(urls: list[str], pairs: pd.DataFrame, spec: ExampleSpec, seed: int = 0,
-                 epoch_size: int | None = None) -> wds.WebDataset:
-    """Resampled shards + `with_epoch`, so DDP ranks see equal-length epochs and never hang."""
+def partner_table(pairs: pd.DataFrame) -> dict[str, list[tuple[str, str]]]:
+    """reference -> [(target, kind)], from the pairs table."""
     partners: dict[str, list[tuple[str, str]]] = {}
     for ref, tgt, kind in pairs[["reference", "target", "kind"]].itertuples(index=False):
         partners.setdefault(ref, []).append((tgt, kind))
-    ds = (wds.WebDataset(urls, resampled=True, shardshuffle=False, seed=seed, empty_check=False)
-          .map(decode_sample)
-          .compose(partial(emit_pairs, partners=partners, spec=spec, seed=seed)))
-    return ds.with_epoch(epoch_size) if epoch_size else ds
+    return partners
+
+
+class PairSampler:
+    """Pipeline stage: every reference meets one partner of its sequence, drawn from the pairs table.
+
+    Seeded by (seed, rank, worker, epoch): ranks and workers draw different pairs and augmentations, and a
+    rerun draws the same ones.
+    """
+
+    def __init__(self, partners: dict[str, list[tuple[str, str]]], spec: ExampleSpec, seed: int):
+        self.partners, self.spec, self.seed, self.epoch = partners, spec, seed % 2**63, -1
+
+    def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
+        self.epoch += 1
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = np.random.default_rng([self.seed, rank, worker, self.epoch])
+        for group in group_sequences(samples):
+            by_key = {s["key"]: s for s in group}
+            for s in group:
+                options = [(t, k) for t, k in self.partners.get(s["key"], ()) if t in by_key]
+                if options:
+                    target, kind = options[rng.integers(len(options))]
+                    yield to_example(s, by_key[target], kind, self.spec, rng)
+
+
+def min_decode_side(spec: ExampleSpec) -> int:
+    """Pixels an image must keep so that its smallest crop still covers the model's and the conditioning's grid."""
+    scale = spec.augment.crop_scale[0] if spec.augment else 1.0
+    return math.ceil(max(spec.resolution, spec.cond_resolution or 0) / scale)
+
+
+def shard_urls(root: str | Path, index: pd.DataFrame, split: str) -> list[str]:
+    """The split's shards under `root`: a local directory, or a remote prefix such as s3://bucket/shards."""
+    return [f"{str(root).rstrip('/')}/{name}" for name in sorted(index.shard[index.split == split].unique())]
+
+
+def pair_dataset(urls: list[str], pairs: pd.DataFrame, spec: ExampleSpec, batch_size: int, seed: int = 0,
+                 batches_per_epoch: int | None = None) -> wds.DataPipeline:
+    """Batches of training pairs (schema.BATCH_KEYS) streamed from shard paths or `s3://` URLs.
+
+    Shards are resampled, seeded per rank and worker (WebDataset's rank * 1000 + worker), and
+    `batches_per_epoch` ends every epoch after the same number of batches on each rank and worker:
+    a rank holding fewer or smaller shards never leaves the others waiting in an all-reduce. Wrap it in
+    `wds.WebLoader(dataset, batch_size=None, num_workers=...)`; an epoch is then
+    batches_per_epoch x num_workers batches per rank.
+    """
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, deterministic=True),
+        wds.tarfile_to_samples(),
+        wds.map(partial(decode_sample, min_side=min_decode_side(spec))),
+        PairSampler(partner_table(pairs), spec, seed),
+        wds.batched(batch_size, collation_fn=torch.utils.data.default_collate, partial=False),
+    )
+    return pipeline.with_epoch(batches_per_epoch) if batches_per_epoch else pipeline

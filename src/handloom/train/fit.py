@@ -68,6 +68,13 @@ def precision(p: TrainParams) -> str:
     return "bf16-mixed" if gpu else "32"
 
 
+def trainer_options(p: TrainParams) -> dict:
+    """The stage's Trainer settings, less logger and checkpoints (benchmarks/train_step.py times exactly these)."""
+    return dict(max_steps=p.max_steps, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
+                precision=precision(p), gradient_clip_val=p.grad_clip, log_every_n_steps=p.log_every_n_steps,
+                enable_model_summary=False, limit_val_batches=0, deterministic=False)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes beside the target and renames: a kill -9 mid-save leaves the previous checkpoint, never a torn one."""
 
@@ -111,22 +118,17 @@ def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
         config = dataclasses.replace(config, repa_dim=repa_encoder.embed_dim)
     ckpt, step = resumable_checkpoint(models_dir, config)
     module = HandDiffusionModule(config, repa_encoder=repa_encoder, autoencoder=load_autoencoder(p.vae_path))
-    logger = LiveLogger(dir=str(log_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False,
-                           report=None)
+    logger = LiveLogger(dir=str(log_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False, report=None)
     checkpoints = ModelCheckpoint(dirpath=models_dir, save_last=True, save_top_k=0,
                                   every_n_train_steps=p.checkpoint_every_n_steps)
-    trainer = L.Trainer(
-        max_steps=p.max_steps, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
-        precision=precision(p), gradient_clip_val=p.grad_clip, logger=logger, log_every_n_steps=p.log_every_n_steps,
-        callbacks=[checkpoints], plugins=[AtomicCheckpointIO()], enable_model_summary=False, limit_val_batches=0,
-        deterministic=False)
+    trainer = L.Trainer(**trainer_options(p), logger=logger, callbacks=[checkpoints], plugins=[AtomicCheckpointIO()])
     if trainer.is_global_zero:
         clear_torn_writes(models_dir)
         if ckpt is not None:
             rewind_live(log_dir, step)
     loader = train_loader(shards_dir, p, trainer.global_rank, step, open_cache(latents_dir, p))
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt, weights_only=True)
-    trainer.save_checkpoint(models_dir / CHECKPOINT)  # the final state, whatever step the callback last saw
+    trainer.save_checkpoint(models_dir / CHECKPOINT, weights_only=False)  # the final state, resumable too
     return module
 
 

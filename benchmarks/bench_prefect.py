@@ -1,0 +1,160 @@
+"""Ratios measured side by side in one run: the Prefect flow against plain `dvc repro` on the default
+pipeline (target: overhead <= 5 %), and the annotate fan-out on 2 Dask workers against 1.
+
+    .venv/bin/python benchmarks/bench_prefect.py [--rounds N] [--skip-pipeline] [--chunk-size 64]
+
+Each side gets a fresh clone of this working tree (uncommitted edits included, no DVC outputs), so both
+run every stage. The flow talks to a real `prefect server` on 127.0.0.1, started here beforehand, as a
+deployed run would; the server's start and Prefect's import are not the flow's time.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+           HF_HUB_OFFLINE="1", PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+
+
+def workspace(dest: Path) -> Path:
+    """`git clone` of the project, then the working tree's edits and new files copied over it."""
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    listing = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listing):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+@contextmanager
+def prefect_server(home: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    env = dict(ENV, PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_SERVER_DATABASE_TIMEOUT="30")
+    log = open(home.parent / "prefect-server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{api}/health").json() is True:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield api
+    finally:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in tree:
+            p.terminate()
+        psutil.wait_procs(tree, timeout=20)
+        log.close()
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def dvc_repro(repo: Path) -> None:
+    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=ENV, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def flow_run(repo: Path) -> dict:
+    from handloom.orchestrate.flows import pipeline
+
+    state = pipeline(repo=str(repo), return_state=True)
+    if not state.is_completed():
+        raise SystemExit(f"flow failed: {state.message}")
+    return state.result()
+
+
+def bench_pipeline(tmp: Path, rounds: int) -> Path:
+    """Alternating order across rounds, so neither side always runs on a warmer machine."""
+    ratios, ingested = [], None
+    for r in range(rounds):
+        plain, flow = workspace(tmp / f"dvc-{r}"), workspace(tmp / f"flow-{r}")
+        sides = [("dvc repro", dvc_repro, plain), ("flow", flow_run, flow)]
+        times = {}
+        for name, fn, repo in sides if r % 2 == 0 else sides[::-1]:
+            times[name], result = timed(fn, repo)
+            print(f"round {r}: {name:9s} {times[name]:8.1f} s", flush=True)
+            if name == "flow":
+                print("  " + ", ".join(f"{s} {o['seconds']:.1f} s" for s, o in result.items()), flush=True)
+        ratios.append(times["flow"] / times["dvc repro"])
+        print(f"round {r}: flow / dvc repro = {ratios[-1]:.3f} (overhead {100 * (ratios[-1] - 1):+.1f} %)", flush=True)
+        same = [p for p in ("reports/metrics.json", "reports/data/synthetic.json")
+                if (plain / p).exists() and filecmp.cmp(plain / p, flow / p, shallow=False)]
+        print(f"  identical in both workspaces: {', '.join(same) or 'none checked'}", flush=True)
+        ingested = plain / "data/ingest/synthetic"
+    print(f"flow / dvc repro over {rounds} round(s): {', '.join(f'{x:.3f}' for x in ratios)}", flush=True)
+    return ingested
+
+
+def bench_fanout(tmp: Path, ingest_dir: Path, chunk_size: int, rounds: int) -> None:
+    from handloom.orchestrate.fanout import annotate_fanout, dask_runner
+    from handloom.params import load_params
+
+    p = load_params(ROOT / "params.yaml").annotate
+    times = {1: [], 2: []}
+    for r in range(rounds):
+        for n in (1, 2) if r % 2 == 0 else (2, 1):
+            out = tmp / f"fanout-{n}-{r}"
+            seconds, stats = timed(annotate_fanout.with_options(task_runner=dask_runner(n_workers=n)),
+                                   ingest_dir=str(ingest_dir), out_dir=str(out / "annotations"),
+                                   stats_path=str(out / "stats.json"), parts_dir=str(out / "parts"), p=p,
+                                   chunk_size=chunk_size)
+            times[n].append(seconds)
+            print(f"annotate fan-out, {n} Dask worker(s), round {r}: {seconds:.1f} s for {stats['images']} images",
+                  flush=True)
+    best = {n: min(t) for n, t in times.items()}
+    print(f"annotate fan-out speed-up, 2 workers over 1: {best[1] / best[2]:.2f}x "
+          f"({best[1]:.1f} s -> {best[2]:.1f} s, best of {rounds}, {os.cpu_count()} cores)", flush=True)
+
+
+def ingest_only(tmp: Path) -> Path:
+    repo = workspace(tmp / "ingest")
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "ingest@synthetic"], cwd=repo, env=ENV, check=True,
+                   stdout=subprocess.DEVNULL)
+    return repo / "data/ingest/synthetic"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--skip-pipeline", action="store_true", help="only the Dask fan-out (ingests first)")
+    ap.add_argument("--chunk-size", type=int, default=64)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-prefect-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "prefect").mkdir()
+        with prefect_server(tmp / "prefect") as api:
+            os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "prefect"), **{
+                k: v for k, v in ENV.items() if k in ("DO_NOT_TRACK", "DVC_NO_ANALYTICS", "HF_HUB_OFFLINE")})
+            ingested = ingest_only(tmp) if args.skip_pipeline else bench_pipeline(tmp, args.rounds)
+            bench_fanout(tmp, ingested, args.chunk_size, args.rounds)
+    print(json.dumps({"cores": os.cpu_count(), "load_avg": os.getloadavg()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Lightning's training step against a plain PyTorch loop on the same model and batch; DiT MFU with --gpu.
+
+Default (CPU): the train stage's own model, batch and Trainer settings from params.yaml. Each round
+runs a Lightning fit and the plain loop back to back (ABAB...), so load from other processes hits
+both alike; the ratio is Lightning steps/s ÷ plain steps/s, the median over rounds. Goal ≥ 0.95.
+On a shared machine wall time swings with the neighbours' load, so the ratio of process CPU time
+(which their load barely moves) is recorded beside it as `cpu_time_ratio`.
+
+--gpu: DiT-B/2 and DiT-XL/2 in latent space at 256 px (4×32×32 latents, heatmaps42) under bf16
+autocast: steps/s of both loops, FLOPs per step counted by torch.utils.flop_counter on one forward +
+backward, and MFU against the card's dense bf16 peak (goal ≥ 35 %).
+
+Writes benchmarks/results.json: "train_step" (CPU), "train_step_gpu" (--gpu), merged into the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from handloom.io import write_json
+from handloom.model.dit import dit_size
+from handloom.params import TrainParams, load_params
+from handloom.schema import FLAG
+from handloom.shards.conditioning import CHANNELS
+from handloom.train.fit import train_config, trainer_options
+from handloom.train.live import LiveLogger
+from handloom.train.module import HandDiffusionModule, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results.json"
+# Dense bf16 peak FLOP/s by device name (no sparsity), from the vendors' data sheets.
+PEAK_BF16 = {"H200": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+GPU_MODELS = {"DiT-B/2": 64, "DiT-XL/2": 32}  # per-GPU batch (pairs): ~30 GB of activations on an 80 GB card
+
+
+def synthetic_batch(config: TrainConfig, batch_size: int, device: str) -> dict:
+    """A batch with the training batch's keys and shapes; the values do not change the step's cost."""
+    g = torch.Generator().manual_seed(0)
+    size, n = config.input_size, batch_size
+
+    def uniform(*shape):
+        return (torch.rand(n, *shape, generator=g) * 2 - 1).to(device)
+
+    return dict(reference=uniform(config.image_channels, size, size), target=uniform(config.image_channels, size, size),
+                reference_cond=uniform(config.cond_channels, size, size).clamp(min=0),
+                target_cond=uniform(config.cond_channels, size, size).clamp(min=0),
+                target_mask=(uniform(1, size, size) > 0).float(), flag=torch.full((n,), FLAG["pose"], device=device))
+
+
+class Repeat(torch.utils.data.Dataset):
+    """The same batch `length` times; with batch_size=None the DataLoader hands it over untouched."""
+
+    def __init__(self, batch: dict, length: int):
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batch
+
+
+def loader(batch: dict, steps: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(Repeat(batch, steps), batch_size=None)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def clock(device: str) -> tuple[float, float]:
+    """(wall, process CPU) seconds, after the GPU has caught up."""
+    synchronize(device)
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float], device: str) -> tuple[float, float]:
+    return tuple(b - a for a, b in zip(start, clock(device)))
+
+
+class StepClock(Callback):
+    """Times batch starts `warmup` to `warmup + steps`: whole steps, fetch and logging included."""
+
+    def __init__(self, warmup: int, steps: int, device: str):
+        self.first, self.last, self.device = warmup, warmup + steps, device
+        self.start = self.seconds = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.first:
+            self.start = clock(self.device)
+        elif batch_idx == self.last:
+            self.seconds = elapsed(self.start, self.device)
+
+
+def time_lightning(config: TrainConfig, p: TrainParams, batch: dict, warmup: int, steps: int,
+                   device: str) -> tuple[float, float]:
+    """(wall, CPU) seconds for `steps` steps of the train stage's Trainer (logger included, checkpoints left out)."""
+    torch.manual_seed(0)
+    module, clock = HandDiffusionModule(config), StepClock(warmup, steps, device)
+    with tempfile.TemporaryDirectory() as logs:
+        options = dict(trainer_options(p), max_steps=warmup + steps + 1)
+        logger = LiveLogger(dir=logs, save_dvc_exp=False, dvcyaml=False, report=None)
+        trainer = L.Trainer(**options, logger=logger, callbacks=[clock], enable_checkpointing=False,
+                            enable_progress_bar=False)
+        trainer.fit(module, loader(batch, warmup + steps + 1))
+    return clock.seconds
+
+
+def time_plain(config: TrainConfig, p: TrainParams, batch: dict, warmup: int, steps: int,
+               device: str) -> tuple[float, float]:
+    """(wall, CPU) seconds for the same step by hand: loss, backward, clip, AdamW, LR schedule, EMA; the module's own pieces."""
+    torch.manual_seed(0)
+    module = HandDiffusionModule(config).to(device).train()
+    optimizers = module.configure_optimizers()
+    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+    generator = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(device, torch.bfloat16, enabled=trainer_options(p)["precision"] == "bf16-mixed")
+    for i, step_batch in enumerate(loader(batch, warmup + steps + 1)):
+        if i == warmup:
+            start = clock(device)
+        elif i == warmup + steps:
+            seconds = elapsed(start, device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = module.losses(step_batch, drop=True, generator=generator)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.model.parameters(), p.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        module.update_ema()
+    return seconds
+
+
+def compare(config: TrainConfig, p: TrainParams, batch_size: int, device: str, rounds: int, warmup: int,
+            steps: int) -> dict:
+    """ABAB rounds of Lightning then plain; per round the ratio of steps/s, then the medians."""
+    batch = synthetic_batch(config, batch_size, device)
+    lightning, plain = [], []
+    for r in range(rounds):
+        lightning.append(time_lightning(config, p, batch, warmup, steps, device))
+        plain.append(time_plain(config, p, batch, warmup, steps, device))
+        print(f"  round {r}: lightning {steps / lightning[-1][0]:.3f} steps/s, plain {steps / plain[-1][0]:.3f} "
+              f"steps/s, ratio {plain[-1][0] / lightning[-1][0]:.3f} (CPU time {plain[-1][1] / lightning[-1][1]:.3f})",
+              flush=True)
+    wall, cpu = ([b[i] / a[i] for a, b in zip(lightning, plain)] for i in (0, 1))
+    return dict(ratio=round(statistics.median(wall), 4), ratio_per_round=[round(r, 4) for r in wall],
+                cpu_time_ratio=round(statistics.median(cpu), 4),
+                lightning_steps_per_s=round(steps / statistics.median(t[0] for t in lightning), 3),
+                plain_steps_per_s=round(steps / statistics.median(t[0] for t in plain), 3),
+                batch_size=batch_size, rounds=rounds, steps_per_round=steps, warmup_steps=warmup)
+
+
+def flops_per_step(config: TrainConfig, batch: dict, device: str) -> int:
+    """FLOPs of one forward + backward of the training loss, as torch.utils.flop_counter counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = HandDiffusionModule(config).to(device).train()
+    generator = torch.Generator(device=device).manual_seed(0)
+    with FlopCounterMode(display=False) as counter, torch.autocast(device, torch.bfloat16, enabled=device == "cuda"):
+        module.losses(batch, drop=True, generator=generator)["loss"].backward()
+    return counter.get_total_flops()
+
+
+def peak_flops(name: str, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def cpu_benchmark(args) -> dict:
+    p = load_params(ROOT / "params.yaml").train.model_copy(update=dict(accelerator="cpu", devices=1, strategy="auto"))
+    config = train_config(p)
+    print(f"CPU, {torch.get_num_threads()} threads: the stage's default model at {p.resolution} px, "
+          f"batch {p.batch_size}, {args.rounds} ABAB rounds of {args.steps} steps", flush=True)
+    result = compare(config, p, p.batch_size, "cpu", args.rounds, args.warmup, args.steps)
+    print(f"train_step ratio (Lightning / plain steps/s): {result['ratio']:.3f}, by CPU time "
+          f"{result['cpu_time_ratio']:.3f}  (goal ≥ 0.95)")
+    return dict(result, device="cpu", threads=torch.get_num_threads(), resolution=p.resolution,
+                model=p.model.model_dump(), conditioning=p.conditioning)
+
+
+def gpu_benchmark(args) -> dict:
+    if not torch.cuda.is_available():
+        sys.exit("--gpu: no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name()
+    peak = peak_flops(name, args.peak_tflops)
+    p = TrainParams(accelerator="gpu", precision="bf16-mixed", log_every_n_steps=10)
+    result = dict(device=name, peak_bf16_tflops=peak and peak / 1e12)
+    for model, batch_size in GPU_MODELS.items():
+        batch_size = args.batch_size or batch_size
+        config = TrainConfig(input_size=32, image_channels=4, cond_channels=CHANNELS["heatmaps42"], mask_head=False,
+                             **dit_size(model))
+        flops = flops_per_step(config, synthetic_batch(config, batch_size, "cuda"), "cuda")
+        print(f"{name}: {model}, batch {batch_size}: {flops / 1e12:.2f} TFLOP per step", flush=True)
+        timing = compare(config, p, batch_size, "cuda", args.rounds, args.warmup, args.steps)
+        for loop in ("lightning", "plain"):
+            achieved = flops * timing[f"{loop}_steps_per_s"]
+            timing[f"{loop}_tflops"] = round(achieved / 1e12, 1)
+            timing[f"{loop}_mfu"] = round(achieved / peak, 4) if peak else None
+        print(f"  {model}: MFU Lightning {timing['lightning_mfu']}, plain {timing['plain_mfu']} (goal ≥ 0.35)")
+        result[model] = dict(timing, flops_per_step=flops)
+        torch.cuda.empty_cache()
+    return result
+
+
+def merge_results(key: str, value: dict) -> None:
+    """Read, update one key, write atomically: other benchmarks keep their entries."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[key] = value
+    write_json(RESULTS, results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpu", action="store_true", help="MFU of DiT-B/2 and DiT-XL/2 in bf16 on the GPU")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per round and loop")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="--gpu: override the per-model batch")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="--gpu: the card's dense bf16 peak")
+    args = parser.parse_args()
+    if args.gpu:
+        merge_results("train_step_gpu", gpu_benchmark(args))
+    else:
+        merge_results("train_step", cpu_benchmark(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""FoundHand's augmentations (gamma, flip with left-right hand swap, crop) on image, mask and 42x3 keypoints together."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+
+from handloom.params import AugmentParams
+from handloom.schema import hand_rows
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One draw: a square crop (x0, y0, side) in source pixels or None, a mirror, and a gamma."""
+
+    crop: tuple[int, int, int] | None = None
+    flip: bool = False
+    gamma: float = 1.0
+
+
+def present_rows(keypoints: np.ndarray) -> np.ndarray:
+    """All-zero rows mean "absent" (schema); moving them would invent joints at the image border."""
+    return np.any(keypoints != 0, axis=1)
+
+
+def swap_hands(keypoints: np.ndarray) -> np.ndarray:
+    """Rows 0-20 (right) and 21-41 (left) trade places: which hand is which, nothing moves."""
+    return np.concatenate([keypoints[hand_rows("left")], keypoints[hand_rows("right")]])
+
+
+def mirror_x(keypoints: np.ndarray, width: int) -> np.ndarray:
+    """x -> width - 1 - x: pixel centres sit at integers, so mirroring maps centres onto centres."""
+    k = keypoints.copy()
+    rows = present_rows(k)
+    k[rows, 0] = width - 1 - k[rows, 0]
+    return k
+
+
+def flip(sample: dict) -> dict:
+    """Horizontal flip. A mirrored right hand is a left hand, so the keypoint blocks swap with the pixels."""
+    width = sample["image"].shape[1]
+    return dict(sample, image=cv2.flip(sample["image"], 1), mask=cv2.flip(sample["mask"], 1),
+                keypoints=swap_hands(mirror_x(sample["keypoints"], width)))
+
+
+def crop(sample: dict, x0: int, y0: int, side: int) -> dict:
+    """A square window (a view: no copy); keypoints shift with it and those it cuts off become unseen."""
+    k = sample["keypoints"].copy()
+    rows = present_rows(k)
+    k[rows, :2] -= np.float32([x0, y0])
+    outside = np.any((k[:, :2] < -0.5) | (k[:, :2] >= side - 0.5), axis=1)
+    k[rows & outside, 2] = 0
+    window = np.s_[y0:y0 + side, x0:x0 + side]
+    return dict(sample, image=sample["image"][window], mask=sample["mask"][window], keypoints=k)
+
+
+def adjust_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
+    """Pixel-wise (v / 255) ** gamma through a 256-entry table; the mask and keypoints do not change."""
+    table = np.round(255 * (np.arange(256) / 255) ** gamma).astype(np.uint8)
+    return cv2.LUT(image, table)
+
+
+def draw(rng: np.random.Generator, p: AugmentParams, height: int, width: int) -> Transform:
+    """A random Transform of an image of that size; ranges and probabilities come from params."""
+    side = max(1, round(rng.uniform(*p.crop_scale) * min(height, width)))
+    x0, y0 = int(rng.integers(width - side + 1)), int(rng.integers(height - side + 1))
+    window = None if (side, side) == (height, width) else (x0, y0, side)
+    return Transform(window, bool(rng.random() < p.p_flip), float(np.exp(rng.uniform(*np.log(p.gamma)))))
+
+
+def apply(sample: dict, t: Transform) -> dict:
+    """Crop, then flip, then gamma: the cheap colour work runs on the smaller window."""
+    if t.crop is not None:
+        sample = crop(sample, *t.crop)
+    if t.flip:
+        sample = flip(sample)
+    if t.gamma != 1:
+        sample = dict(sample, image=adjust_gamma(sample["image"], t.gamma))
+    return sample
+
+
+def augment_pair(reference: dict, target: dict, kind: str, p: AugmentParams,
+                 rng: np.random.Generator) -> tuple[dict, dict]:
+    """Augment a training pair.
+
+    Self pairs: the target is an augmented copy of the reference (FoundHand), so it gets its own draw.
+    Pose and view pairs show one hand under one light: flip and gamma are shared (a flip on one side only
+    would turn the hand into the other one), and each image gets its own crop.
+    """
+    t = draw(rng, p, *reference["image"].shape[:2])
+    u = draw(rng, p, *target["image"].shape[:2])
+    if kind != "self":
+        u = replace(u, flip=t.flip, gamma=t.gamma)
+    return apply(reference, t), apply(target, u)

@@ -1,0 +1,102 @@
+"""Augmentations move image, mask and keypoints together; a flip turns a right hand into a left one."""
+import numpy as np
+import pytest
+
+from handloom import schema
+from handloom.params import AugmentParams, ParamsError, parse_params
+from handloom.shards.augment import Transform, apply, augment_pair, draw, flip
+from handloom.shards.reader import ExampleSpec, to_example
+
+SIZE = 64
+
+
+def dotted_sample(rng, hands=("right",)) -> dict:
+    """Keypoints on integer pixels, each marked in the image with its joint number, the mask with 255."""
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    k = schema.empty_keypoints()
+    cells = rng.choice(SIZE * SIZE, schema.NUM_KEYPOINTS, replace=False)
+    for hand in hands:
+        rows = schema.hand_rows(hand)
+        k[rows, 0], k[rows, 1], k[rows, 2] = cells[rows] % SIZE, cells[rows] // SIZE, 1
+    for row in np.flatnonzero(k[:, 2]):
+        x, y = k[row, :2].astype(int)
+        image[y, x], mask[y, x] = row + 1, 255
+    return dict(key="toy/train/s/0-0", image=image, mask=mask, keypoints=k, meta={})
+
+
+def test_flip_twice_is_identity():
+    s = dotted_sample(np.random.default_rng(0), hands=("right", "left"))
+    back = flip(flip(s))
+    for name in ("image", "mask", "keypoints"):
+        np.testing.assert_array_equal(back[name], s[name])
+
+
+def test_a_flipped_right_hand_is_a_left_hand_at_mirrored_x():
+    s = dotted_sample(np.random.default_rng(1))
+    right, left = schema.hand_rows("right"), schema.hand_rows("left")
+    f = flip(s)
+    assert not schema.hand_present(f["keypoints"], "right") and schema.hand_present(f["keypoints"], "left")
+    np.testing.assert_array_equal(f["keypoints"][left, 0], SIZE - 1 - s["keypoints"][right, 0])
+    np.testing.assert_array_equal(f["keypoints"][left, 1:], s["keypoints"][right, 1:])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_transform_keeps_keypoints_on_their_pixels(seed):
+    """The pixel under each seen joint is still that joint's mark, in the image and in the mask."""
+    rng = np.random.default_rng(seed)
+    s = dotted_sample(rng, hands=("right", "left"))
+    t = draw(rng, AugmentParams(gamma=(1, 1), p_flip=0.5, crop_scale=(0.5, 0.9)), SIZE, SIZE)
+    out = apply(s, t)
+    side = out["image"].shape[0]
+    assert side == t.crop[2] and out["mask"].shape == (side, side)
+    moved = dict(zip(("right", "left"), ("left", "right"))) if t.flip else {"right": "right", "left": "left"}
+    seen = 0
+    for hand in schema.HANDS:
+        for j in range(schema.JOINTS_PER_HAND):
+            src, dst = schema.hand_rows(hand).start + j, schema.hand_rows(moved[hand]).start + j
+            x, y, c = out["keypoints"][dst]
+            inside = 0 <= x < side and 0 <= y < side
+            assert c == (1 if inside else 0)
+            if inside:
+                seen += 1
+                assert out["image"][int(y), int(x), 0] == src + 1 and out["mask"][int(y), int(x)] == 255
+    assert seen == int(np.count_nonzero(out["mask"]))  # nothing marked is left without its joint
+
+
+def test_gamma_changes_pixels_only():
+    s = dotted_sample(np.random.default_rng(2))
+    s["image"][:] = 128
+    out = apply(s, Transform(gamma=2.0))
+    assert out["image"].max() == round(255 * (128 / 255) ** 2)
+    np.testing.assert_array_equal(out["keypoints"], s["keypoints"])
+    np.testing.assert_array_equal(out["mask"], s["mask"])
+    assert apply(s, Transform()) is s
+
+
+def test_pairs_share_flip_and_gamma_but_self_pairs_draw_their_own():
+    p = AugmentParams(p_flip=0.5, gamma=(0.5, 2.0), crop_scale=(0.6, 1.0))
+    s = dotted_sample(np.random.default_rng(3))
+    for seed in range(20):
+        ref, tgt = augment_pair(s, s, "pose", p, np.random.default_rng(seed))
+        assert schema.hand_present(ref["keypoints"], "left") == schema.hand_present(tgt["keypoints"], "left")
+    flips = {schema.hand_present(t["keypoints"], "left") != schema.hand_present(r["keypoints"], "left")
+             for r, t in (augment_pair(s, s, "self", p, np.random.default_rng(seed)) for seed in range(20))}
+    assert flips == {True, False}  # the self target is flipped apart from its reference some of the time
+    np.testing.assert_array_equal(s["keypoints"], dotted_sample(np.random.default_rng(3))["keypoints"])  # untouched
+
+
+def test_to_example_augments_only_with_params_and_an_rng():
+    s = dotted_sample(np.random.default_rng(4))
+    spec = ExampleSpec(16, "heatmaps42", augment=AugmentParams(p_flip=1.0, gamma=(1, 1), crop_scale=(1, 1)))
+    flipped = to_example(s, s, "self", spec, np.random.default_rng(0))
+    plain = to_example(s, s, "self", spec, None)
+    right_wrist, left_wrist = schema.hand_rows("right").start, schema.hand_rows("left").start
+    assert plain["target_cond"][right_wrist].max() > 0.5 and plain["target_cond"][left_wrist].max() == 0
+    assert flipped["target_cond"][left_wrist].max() > 0.5 and flipped["target_cond"][right_wrist].max() == 0
+
+
+def test_augment_params_are_validated_with_their_key_path():
+    assert parse_params({"train": {"augment": {"p_flip": 0.2}}}).train.augment.p_flip == 0.2
+    with pytest.raises(ParamsError, match="train.augment.crop_scale"):
+        parse_params({"train": {"augment": {"crop_scale": [0.9, 0.5]}}})

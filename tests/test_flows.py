@@ -1,0 +1,151 @@
+"""Prefect flows over a tiny DVC repo: DVC's graph, side-by-side stages, skips, failures named by stage,
+params overrides, timeouts, and the annotate fan-out writing byte for byte what the stage writes."""
+import json
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from dvc_toy import dvc_status, make_annotate_repo, make_toy_repo
+from prefect.artifacts import Artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+from handloom import schema
+from handloom.annotate import pipeline as annotate_pipeline
+from handloom.annotate.keypoints import HandDetection
+from handloom.io import write_json
+from handloom.orchestrate.dvcrun import StageFailed, repro_stage
+from handloom.orchestrate.fanout import annotate_fanout, chunk_ranges, dask_runner, fanout_dataset
+from handloom.orchestrate.flows import ARTIFACT_KEY, pipeline
+from handloom.orchestrate.graph import read_graph
+from handloom.orchestrate.overrides import apply_overrides
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return make_toy_repo(tmp_path / "repo")
+
+
+def test_graph_is_the_plan_dvc_makes(toy):
+    assert {n.name: n.upstream for n in read_graph(toy)} == {
+        "ingest@a": (), "ingest@b": (), "count": ("ingest@a",), "shard": ("ingest@a", "ingest@b")}
+    assert [n.name for n in read_graph(toy, ["count"])] == ["ingest@a", "count"]
+    assert read_graph(toy, ["ingest"])[0].group == "ingest"
+
+
+def test_independent_stages_run_side_by_side_and_a_rerun_skips_them(toy, harness):
+    outcomes = pipeline(repo=str(toy))
+    assert {o["status"] for o in outcomes.values()} == {"ran"}
+    a, b = (json.loads((toy / "data" / f"{k}.json").read_text()) for k in "ab")
+    assert a["start"] < b["end"] and b["start"] < a["end"], "ingest@a and ingest@b did not overlap"
+    assert "up to date" in dvc_status(toy)  # dvc.lock records every stage the flow ran
+    lock = (toy / "dvc.lock").read_bytes()
+
+    again = pipeline(repo=str(toy))
+    assert {o["status"] for o in again.values()} == {"skipped"}
+    assert (toy / "dvc.lock").read_bytes() == lock
+    markdown = Artifact.get(ARTIFACT_KEY).data
+    assert "| `shard` | skipped |" in markdown
+    assert "| `metrics.json` | samples | 5 |" in markdown and "5 samples" in markdown  # metrics table, report
+
+
+def test_a_failed_stage_fails_the_run_by_name_and_spares_independent_stages(toy, harness):
+    state = pipeline(repo=str(toy), params={"ingest.b.fail": True}, retries=1, retry_delay_s=0.1, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("stage ingest@b failed; not run: shard")
+    assert "ingest b: source unreachable" in state.message  # the stage's stderr tail
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    states = {r.name: r.state.name for r in runs}
+    assert states == {"ingest@a": "Completed", "count": "Completed", "ingest@b": "Failed", "shard": "NotReady"}
+    assert (toy / "data" / "count.txt").read_text() == "2" and not (toy / "data" / "shard.json").exists()
+
+
+def test_params_overrides_edit_existing_keys_only(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# top\nshard:\n  max_mb: 64  # per shard\ningest:\n  synthetic:\n    seed: 0\n")
+    assert apply_overrides(path, {"shard.max_mb": 8, "ingest": {"synthetic": {"seed": 3}}}) == {
+        "shard.max_mb": 8, "ingest.synthetic.seed": 3}
+    text = path.read_text()
+    assert text.startswith("# top") and "max_mb: 8" in text and "# per shard" in text and "seed: 3" in text
+    with pytest.raises(ValueError, match="'shard.max_mbb': no such key"):
+        apply_overrides(path, {"shard.max_mb": 1, "shard.max_mbb": 2})
+    assert path.read_text() == text  # a bad key writes nothing
+
+
+def test_a_stage_past_its_timeout_is_stopped_with_its_command(toy):
+    apply_overrides(toy / "params.yaml", {"ingest.a.sleep": 60})
+    start = time.perf_counter()
+    with pytest.raises(StageFailed, match="stage ingest@a timed out after 3 s"):
+        repro_stage(toy, "ingest@a", timeout_s=3, log=lambda line: None)
+    assert time.perf_counter() - start < 30
+    assert not [p for p in psutil.process_iter(["cwd", "cmdline"]) if p.info["cwd"] == str(toy)]
+
+
+def fake_detect(images, min_detection_confidence, workers):
+    """A deterministic stand-in for MediaPipe: one right hand whose joints depend on the pixels."""
+    found = []
+    for image in images:
+        k = schema.empty_keypoints()
+        k[:21, :2] = image.reshape(-1, 3)[:21, :2]
+        k[:21, 2] = image.mean() / 255
+        found.append(HandDetection(k, ("right",), (float(image.mean() / 255), 0.0)))
+    return found
+
+
+def corrupt_one_image(ingest_dir):
+    """Unreadable bytes for the third image, so the merge also carries a reject."""
+    part = next((ingest_dir / schema.IMAGES_DIR).glob("part-*.parquet"))
+    table = pq.read_table(part)
+    jpegs = table.column("jpeg").to_pylist()
+    jpegs[2] = b"not a jpeg"
+    pq.write_table(table.set_column(table.schema.get_field_index("jpeg"), "jpeg", [jpegs]), part)
+
+
+def test_fanout_writes_byte_for_byte_what_the_stage_writes(toy_dataset, tmp_path, monkeypatch, harness):
+    ingest = toy_dataset / "ingest" / "toy"
+    corrupt_one_image(ingest)
+    monkeypatch.setattr(annotate_pipeline, "detect_many", fake_detect)
+    p = annotate_pipeline.AnnotateParams()
+    stats = annotate_pipeline.annotate_dataset(ingest, tmp_path / "stage", p)
+    write_json(tmp_path / "stage" / "stats.json", stats)
+
+    fan = tmp_path / "fan"
+    # Threads, so the fake detector reaches the workers; tests/test_prefect_server.py runs real processes.
+    annotate_fanout.with_options(task_runner=dask_runner(n_workers=2, processes=False))(
+        ingest_dir=str(ingest), out_dir=str(fan), stats_path=str(fan / "stats.json"),
+        parts_dir=str(tmp_path / "parts"), p=p, chunk_size=2)
+    for name in (schema.ANNOTATIONS_FILE, schema.REJECTS_FILE, "stats.json"):
+        assert (fan / name).read_bytes() == (tmp_path / "stage" / name).read_bytes(), name
+    assert stats["rejected"] == 1 and stats["annotated"] == 8
+    assert not (tmp_path / "parts").exists()
+
+
+@pytest.mark.slow
+def test_a_fanned_out_stage_is_committed_as_dvc_repro_commits_it(toy_dataset, tmp_path, harness):
+    """Real MediaPipe in real Dask worker processes against the real stage script run by `dvc repro`."""
+    project = Path(__file__).resolve().parents[1]
+    plain, fanned = (make_annotate_repo(tmp_path / name, toy_dataset / "ingest" / "toy", project) for name in "ab")
+    assert pipeline(repo=str(plain), fanout=False)["annotate@synthetic"]["status"] == "ran"
+    assert pipeline(repo=str(fanned), annotate_chunk_size=3, dask_workers=2)["annotate@synthetic"]["status"] == "ran"
+    for path in ("data/annotations/synthetic/annotations.parquet", "data/annotations/synthetic/rejects.parquet",
+                 "reports/data/synthetic.json", "dvc.lock"):
+        assert (fanned / path).read_bytes() == (plain / path).read_bytes(), path
+    assert "up to date" in dvc_status(fanned)
+    assert pipeline(repo=str(fanned))["annotate@synthetic"]["status"] == "skipped"
+
+
+def test_fanout_stands_in_only_for_the_command_it_knows():
+    assert fanout_dataset("annotate@freihand", "python stages/annotate.py freihand") == "freihand"
+    assert fanout_dataset("annotate@freihand", "python stages/annotate.py freihand --fast") is None
+    assert fanout_dataset("ingest@freihand", "python stages/annotate.py freihand") is None
+    assert chunk_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)] and chunk_ranges(0, 2) == []
