@@ -1,10 +1,10 @@
 """Lightning's training step against a plain PyTorch loop on the same model and batch; DiT MFU with --gpu.
 
-Default (CPU): the train stage's own model, batch and Trainer settings from params.yaml. Each round
-runs a Lightning fit and the plain loop back to back (ABAB...), so load from other processes hits
-both alike; the ratio is Lightning steps/s ÷ plain steps/s, the median over rounds. Goal ≥ 0.95.
-On a shared machine wall time swings with the neighbours' load, so the ratio of process CPU time
-(which their load barely moves) is recorded beside it as `cpu_time_ratio`.
+Default (CPU): the train stage's own model, batch and Trainer settings from params.yaml. The two
+loops alternate step by step in one process (ABAB...): after each Lightning step a callback runs one
+plain step on the same batch, so load from other processes hits both alike. The ratio is Lightning
+steps/s ÷ plain steps/s, the median over step pairs; goal ≥ 0.95. The ratio of process CPU time is
+recorded beside it (`cpu_time_ratio`), a second view that the neighbours' load moves less.
 
 --gpu: DiT-B/2 and DiT-XL/2 in latent space at 256 px (4×32×32 latents, heatmaps42) under bf16
 autocast: steps/s of both loops, FLOPs per step counted by torch.utils.flop_counter on one forward +
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
 # Dense bf16 peak FLOP/s by device name (no sparsity), from the vendors' data sheets.
 PEAK_BF16 = {"H200": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
-             "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+             "L40S": 362e12}  # first match wins: the specific names come first
 GPU_MODELS = {"DiT-B/2": 64, "DiT-XL/2": 32}  # per-GPU batch (pairs): ~30 GB of activations on an 80 GB card
 
 
@@ -89,76 +89,72 @@ def elapsed(start: tuple[float, float], device: str) -> tuple[float, float]:
     return tuple(b - a for a, b in zip(start, clock(device)))
 
 
-class StepClock(Callback):
-    """Times batch starts `warmup` to `warmup + steps`: whole steps, fetch and logging included."""
+class PlainLoop:
+    """The step by hand, as a plain PyTorch script would: loss, backward, clip, AdamW, LR schedule, EMA."""
 
-    def __init__(self, warmup: int, steps: int, device: str):
-        self.first, self.last, self.device = warmup, warmup + steps, device
-        self.start = self.seconds = None
+    def __init__(self, config: TrainConfig, p: TrainParams, device: str):
+        torch.manual_seed(0)
+        self.module = HandDiffusionModule(config).to(device).train()
+        optimizers = self.module.configure_optimizers()  # the module's own AdamW and warmup-cosine
+        self.optimizer, self.scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self.clip = p.grad_clip
+        self.autocast = torch.autocast(device, torch.bfloat16, enabled=trainer_options(p)["precision"] == "bf16-mixed")
+
+    def step(self, batch: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = self.module.losses(batch, drop=True, generator=self.generator)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.module.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.module.update_ema()
+
+
+class Interleaved(Callback):
+    """After every Lightning step, one plain step on the same batch: A B A B at the grain of one step,
+    so the neighbours' load hits both alike. A Lightning step is batch start to next batch start
+    (its logging, LR step and fetch included) less the plain step run in between."""
+
+    def __init__(self, plain: PlainLoop, warmup: int, device: str):
+        self.plain, self.warmup, self.device = plain, warmup, device
+        self.lightning, self.plain_seconds = [], []
+        self.start = self.last_plain = None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == self.first:
-            self.start = clock(self.device)
-        elif batch_idx == self.last:
-            self.seconds = elapsed(self.start, self.device)
+        now = clock(self.device)
+        if batch_idx > self.warmup:
+            self.lightning.append(tuple(n - s - q for n, s, q in zip(now, self.start, self.last_plain)))
+            self.plain_seconds.append(self.last_plain)
+        self.start = now
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        start = clock(self.device)
+        self.plain.step(batch)
+        self.last_plain = elapsed(start, self.device)
 
 
-def time_lightning(config: TrainConfig, p: TrainParams, batch: dict, warmup: int, steps: int,
-                   device: str) -> tuple[float, float]:
-    """(wall, CPU) seconds for `steps` steps of the train stage's Trainer (logger included, checkpoints left out)."""
+def compare(config: TrainConfig, p: TrainParams, batch_size: int, device: str, warmup: int, steps: int) -> dict:
+    """`steps` interleaved pairs of steps through the stage's Trainer (its logger and progress bar in,
+    checkpoints out); per pair the ratio of steps/s, then medians, by wall and by process CPU time."""
+    batch = synthetic_batch(config, batch_size, device)
     torch.manual_seed(0)
-    module, clock = HandDiffusionModule(config), StepClock(warmup, steps, device)
+    module, interleaved = HandDiffusionModule(config), Interleaved(PlainLoop(config, p, device), warmup, device)
     with tempfile.TemporaryDirectory() as logs:
         options = dict(trainer_options(p), max_steps=warmup + steps + 1)
         logger = LiveLogger(dir=logs, save_dvc_exp=False, dvcyaml=False, report=None)
-        trainer = L.Trainer(**options, logger=logger, callbacks=[clock], enable_checkpointing=False,
-                            enable_progress_bar=False)
+        trainer = L.Trainer(**options, logger=logger, callbacks=[interleaved], enable_checkpointing=False)
         trainer.fit(module, loader(batch, warmup + steps + 1))
-    return clock.seconds
-
-
-def time_plain(config: TrainConfig, p: TrainParams, batch: dict, warmup: int, steps: int,
-               device: str) -> tuple[float, float]:
-    """(wall, CPU) seconds for the same step by hand: loss, backward, clip, AdamW, LR schedule, EMA; the module's own pieces."""
-    torch.manual_seed(0)
-    module = HandDiffusionModule(config).to(device).train()
-    optimizers = module.configure_optimizers()
-    optimizer, scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
-    generator = torch.Generator(device=device).manual_seed(0)
-    autocast = torch.autocast(device, torch.bfloat16, enabled=trainer_options(p)["precision"] == "bf16-mixed")
-    for i, step_batch in enumerate(loader(batch, warmup + steps + 1)):
-        if i == warmup:
-            start = clock(device)
-        elif i == warmup + steps:
-            seconds = elapsed(start, device)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = module.losses(step_batch, drop=True, generator=generator)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.model.parameters(), p.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        module.update_ema()
-    return seconds
-
-
-def compare(config: TrainConfig, p: TrainParams, batch_size: int, device: str, rounds: int, warmup: int,
-            steps: int) -> dict:
-    """ABAB rounds of Lightning then plain; per round the ratio of steps/s, then the medians."""
-    batch = synthetic_batch(config, batch_size, device)
-    lightning, plain = [], []
-    for r in range(rounds):
-        lightning.append(time_lightning(config, p, batch, warmup, steps, device))
-        plain.append(time_plain(config, p, batch, warmup, steps, device))
-        print(f"  round {r}: lightning {steps / lightning[-1][0]:.3f} steps/s, plain {steps / plain[-1][0]:.3f} "
-              f"steps/s, ratio {plain[-1][0] / lightning[-1][0]:.3f} (CPU time {plain[-1][1] / lightning[-1][1]:.3f})",
-              flush=True)
+    lightning, plain = interleaved.lightning, interleaved.plain_seconds
     wall, cpu = ([b[i] / a[i] for a, b in zip(lightning, plain)] for i in (0, 1))
-    return dict(ratio=round(statistics.median(wall), 4), ratio_per_round=[round(r, 4) for r in wall],
+    for i, (a, b) in enumerate(zip(lightning, plain)):
+        print(f"  step {i}: lightning {a[0]:.3f} s, plain {b[0]:.3f} s, ratio {wall[i]:.3f} (CPU time {cpu[i]:.3f})")
+    return dict(ratio=round(statistics.median(wall), 4), ratio_per_step=[round(r, 4) for r in wall],
                 cpu_time_ratio=round(statistics.median(cpu), 4),
-                lightning_steps_per_s=round(steps / statistics.median(t[0] for t in lightning), 3),
-                plain_steps_per_s=round(steps / statistics.median(t[0] for t in plain), 3),
-                batch_size=batch_size, rounds=rounds, steps_per_round=steps, warmup_steps=warmup)
+                lightning_steps_per_s=round(1 / statistics.median(t[0] for t in lightning), 3),
+                plain_steps_per_s=round(1 / statistics.median(t[0] for t in plain), 3),
+                batch_size=batch_size, steps=steps, warmup_steps=warmup)
 
 
 def flops_per_step(config: TrainConfig, batch: dict, device: str) -> int:
@@ -182,8 +178,8 @@ def cpu_benchmark(args) -> dict:
     p = load_params(ROOT / "params.yaml").train.model_copy(update=dict(accelerator="cpu", devices=1, strategy="auto"))
     config = train_config(p)
     print(f"CPU, {torch.get_num_threads()} threads: the stage's default model at {p.resolution} px, "
-          f"batch {p.batch_size}, {args.rounds} ABAB rounds of {args.steps} steps", flush=True)
-    result = compare(config, p, p.batch_size, "cpu", args.rounds, args.warmup, args.steps)
+          f"batch {p.batch_size}, {args.steps} interleaved step pairs", flush=True)
+    result = compare(config, p, p.batch_size, "cpu", args.warmup, args.steps)
     print(f"train_step ratio (Lightning / plain steps/s): {result['ratio']:.3f}, by CPU time "
           f"{result['cpu_time_ratio']:.3f}  (goal ≥ 0.95)")
     return dict(result, device="cpu", threads=torch.get_num_threads(), resolution=p.resolution,
@@ -204,7 +200,7 @@ def gpu_benchmark(args) -> dict:
                              **dit_size(model))
         flops = flops_per_step(config, synthetic_batch(config, batch_size, "cuda"), "cuda")
         print(f"{name}: {model}, batch {batch_size}: {flops / 1e12:.2f} TFLOP per step", flush=True)
-        timing = compare(config, p, batch_size, "cuda", args.rounds, args.warmup, args.steps)
+        timing = compare(config, p, batch_size, "cuda", args.warmup, args.steps)
         for loop in ("lightning", "plain"):
             achieved = flops * timing[f"{loop}_steps_per_s"]
             timing[f"{loop}_tflops"] = round(achieved / 1e12, 1)
@@ -225,12 +221,14 @@ def merge_results(key: str, value: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="MFU of DiT-B/2 and DiT-XL/2 in bf16 on the GPU")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per round and loop")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20, help="timed pairs of steps (one of each loop)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=None, help="--gpu: override the per-model batch")
     parser.add_argument("--peak-tflops", type=float, default=None, help="--gpu: the card's dense bf16 peak")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.gpu:
         merge_results("train_step_gpu", gpu_benchmark(args))
     else:

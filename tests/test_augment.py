@@ -41,27 +41,44 @@ def test_a_flipped_right_hand_is_a_left_hand_at_mirrored_x():
     np.testing.assert_array_equal(f["keypoints"][left, 1:], s["keypoints"][right, 1:])
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_every_transform_keeps_keypoints_on_their_pixels(seed):
-    """The pixel under each seen joint is still that joint's mark, in the image and in the mask."""
+def blob_sample(rng, hand: str, joint: int) -> dict:
+    """One seen joint, drawn as a 5x5 square in the image and the mask, away from the borders."""
+    k = schema.empty_keypoints()
+    row = schema.hand_rows(hand).start + joint
+    x, y = rng.integers(16, 48, 2)
+    k[row] = x, y, 1
+    image, mask = np.zeros((SIZE, SIZE, 3), np.uint8), np.zeros((SIZE, SIZE), np.uint8)
+    image[y - 2:y + 3, x - 2:x + 3], mask[y - 2:y + 3, x - 2:x + 3] = 200, 255
+    return dict(key="toy/train/s/0-0", image=image, mask=mask, keypoints=k, meta={})
+
+
+def centroid(a: np.ndarray) -> np.ndarray:
+    ys, xs = np.indices(a.shape[:2])
+    w = a.reshape(*a.shape[:2], -1).sum(-1).astype(np.float64)
+    return np.array([(xs * w).sum(), (ys * w).sum()]) / w.sum()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_transform_keeps_image_mask_and_keypoints_aligned(seed):
+    """A joint's keypoint stays at the centre of its mark in the image and the mask, in its new hand's row."""
     rng = np.random.default_rng(seed)
-    s = dotted_sample(rng, hands=("right", "left"))
-    t = draw(rng, AugmentParams(gamma=(1, 1), p_flip=0.5, crop_scale=(0.5, 0.9)), SIZE, SIZE)
+    hand, joint = schema.HANDS[seed % 2], int(rng.integers(schema.JOINTS_PER_HAND))
+    s = blob_sample(rng, hand, joint)
+    t = draw(rng, AugmentParams(gamma=(1, 1), p_flip=0.5, crop_scale=(0.7, 0.9)), SIZE, SIZE)
     out = apply(s, t)
-    side = out["image"].shape[0]
-    assert side == t.crop[2] and out["mask"].shape == (side, side)
-    moved = dict(zip(("right", "left"), ("left", "right"))) if t.flip else {"right": "right", "left": "left"}
-    seen = 0
-    for hand in schema.HANDS:
-        for j in range(schema.JOINTS_PER_HAND):
-            src, dst = schema.hand_rows(hand).start + j, schema.hand_rows(moved[hand]).start + j
-            x, y, c = out["keypoints"][dst]
-            inside = 0 <= x < side and 0 <= y < side
-            assert c == (1 if inside else 0)
-            if inside:
-                seen += 1
-                assert out["image"][int(y), int(x), 0] == src + 1 and out["mask"][int(y), int(x)] == 255
-    assert seen == int(np.count_nonzero(out["mask"]))  # nothing marked is left without its joint
+    assert out["image"].shape == s["image"].shape and out["mask"].shape == s["mask"].shape
+    other = {"right": "left", "left": "right"}[hand] if t.flip else hand
+    x, y, seen = out["keypoints"][schema.hand_rows(other).start + joint]
+    assert np.count_nonzero(out["keypoints"]) == 3 and seen == 1  # one row moved; the mark stays inside
+    np.testing.assert_allclose(centroid(out["image"]), (x, y), atol=0.15)  # a half-pixel slip would be 0.5
+    np.testing.assert_allclose(centroid(out["mask"]), (x, y), atol=0.15)
+
+
+def test_a_joint_the_crop_cuts_off_becomes_unseen():
+    s = blob_sample(np.random.default_rng(0), "right", 3)
+    x, y = s["keypoints"][3, :2].astype(int)
+    out = apply(s, Transform(crop=(x + 3, 0, SIZE - x - 3)))
+    assert out["keypoints"][3, 2] == 0 and out["keypoints"][3, 0] < 0 and not out["mask"].any()
 
 
 def test_gamma_changes_pixels_only():

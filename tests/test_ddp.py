@@ -5,6 +5,15 @@ import torch
 from train_project import toy_shards, train_project, train_stage
 
 from handloom.io import read_table
+from handloom.params import TrainParams
+from handloom.train.fit import trainer_options
+
+
+def test_trainer_settings_come_from_params():
+    options = trainer_options(TrainParams(devices=2, strategy="ddp", accelerator="cpu", grad_clip=0.5))
+    assert (options["devices"], options["strategy"], options["gradient_clip_val"]) == (2, "ddp", 0.5)
+    assert options["precision"] == "32"  # "auto" is bf16-mixed only where a GPU supports it
+    assert trainer_options(TrainParams(precision="bf16-mixed"))["precision"] == "bf16-mixed"
 
 
 def test_two_ranks_on_uneven_shards_finish(toy_dataset, tmp_path):

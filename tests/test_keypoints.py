@@ -6,6 +6,7 @@ import pytest
 
 from handloom import schema
 from handloom.annotate import keypoints as K
+from handloom.evaluate import metrics as M
 from handloom.datasets.synthetic import render_dataset
 
 
@@ -26,8 +27,8 @@ def test_mediapipe_reads_the_synthetic_hands(rendered):
     frames, detections = rendered
     pred, gt = np.stack([d.keypoints for d in detections]), np.stack([f.keypoints for f in frames])
     assert sum(len(f.handedness) for f in frames) > len(frames)  # some two-hand images
-    assert K.detection_rate(pred, gt) >= 0.8
-    assert K.hand_pck(pred, gt, 0.2) >= 0.8
+    assert M.detection_rate(pred, gt) >= 0.8
+    assert M.pck(pred, gt, 0.2) >= 0.8
 
 
 def test_handedness_follows_the_rendered_hand(rendered):
@@ -80,12 +81,12 @@ def hand(x0: float, size: float = 100) -> np.ndarray:
 
 def test_pck_is_relative_to_the_hand_box():
     gt = hand(10)
-    assert K.hand_pck(gt, gt) == 1.0
-    assert K.hand_pck(gt + [19, 0, 0], gt, 0.2) == 1.0  # 19 px < 0.2 x 100 px box
-    assert K.hand_pck(gt + [21, 0, 0], gt, 0.2) == 0.0
-    assert np.isnan(K.hand_pck(schema.empty_keypoints(), gt))  # no hand in both: undefined
+    assert M.pck(gt, gt, 0.2) == 1.0
+    assert M.pck(gt + [19, 0, 0], gt, 0.2) == 1.0  # 19 px < 0.2 x 100 px box
+    assert M.pck(gt + [21, 0, 0], gt, 0.2) == 0.0
+    assert np.isnan(M.pck(schema.empty_keypoints(), gt, 0.2))  # no hand in both: undefined
     pred = np.stack([gt, gt + [50, 0, 0]])
-    assert K.hand_pck(pred, np.stack([gt, gt]), 0.2) == 0.5  # pooled over images
+    assert M.pck(pred, np.stack([gt, gt]), 0.2) == 0.5  # pooled over images
 
 
 def test_detection_rate_counts_gt_hands_found_in_their_own_slot():
@@ -94,6 +95,6 @@ def test_detection_rate_counts_gt_hands_found_in_their_own_slot():
     right_only = hand(10)
     left_only = schema.empty_keypoints()
     left_only[21:] = right_only[:21]
-    assert K.detection_rate(np.stack([right_only, both]), np.stack([both, both])) == 0.75
-    assert K.detection_rate(left_only, right_only) == 0.0  # wrong handedness is a miss
-    assert np.isnan(K.detection_rate(right_only, schema.empty_keypoints()))
+    assert M.detection_rate(np.stack([right_only, both]), np.stack([both, both])) == 0.75
+    assert M.detection_rate(left_only, right_only) == 0.0  # wrong handedness is a miss
+    assert np.isnan(M.detection_rate(right_only, schema.empty_keypoints()))

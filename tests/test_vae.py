@@ -1,10 +1,12 @@
 """Latent space: a tiny random AutoencoderKL from a local directory, the latent cache, and training on it."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from train_project import TINY_TRAIN, toy_shards
+from train_project import ROOT, TINY_TRAIN, toy_shards
 
 from handloom.model.vae import LatentGeometry, load_autoencoder, vae_geometry
 from handloom.params import TrainParams
@@ -73,6 +75,15 @@ def test_pixel_space_writes_only_meta(toy_dataset):
     encode_latents(toy_shards(toy_dataset), out, TrainParams(**TINY_TRAIN))
     assert [p.name for p in out.iterdir()] == [META_FILE]
     assert json.loads((out / META_FILE).read_text()) == {"vae": None}
+
+
+def test_stage_in_pixel_space_is_a_no_op_without_torch(tmp_path):
+    # The default pipeline runs encode_latents too: it must cost a Python start, not a torch import.
+    (tmp_path / "params.yaml").write_text("train: {vae_path: null}\n")
+    code = f"import runpy, sys; runpy.run_path({str(ROOT / 'stages' / 'encode_latents.py')!r}, run_name='__main__'); " \
+           "sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=tmp_path).returncode == 0
+    assert json.loads((tmp_path / "data" / "latents" / META_FILE).read_text()) == {"vae": None}
 
 
 def test_training_on_cached_latents_matches_encoding_on_the_fly(toy_dataset, vae_path):

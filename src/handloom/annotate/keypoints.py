@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from handloom.schema import HANDS, JOINTS_PER_HAND, empty_keypoints, hand_box, hand_present, hand_rows
+from handloom.evaluate.metrics import detection_rate, pck
+from handloom.schema import HANDS, JOINTS_PER_HAND, empty_keypoints, hand_rows
 
 # The legacy solution labels handedness as if the image were a mirrored selfie: on an ordinary
 # photo of a right hand it answers "Left". Checked on rendered hands of known side
@@ -82,34 +83,6 @@ def detect_many(images: list[np.ndarray], min_detection_confidence: float = 0.1,
 
 
 # --- Metrics against ground truth ----------------------------------------------------------------
-def _pairs(pred: np.ndarray, gt: np.ndarray):
-    """(pred, gt) 42x3 arrays from single arrays or stacks of them."""
-    return zip(np.asarray(pred).reshape(-1, 2 * JOINTS_PER_HAND, 3), np.asarray(gt).reshape(-1, 2 * JOINTS_PER_HAND, 3))
-
-
-def hand_pck(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.2) -> float:
-    """Share of visible GT joints within threshold x (max side of the GT hand box) of the prediction,
-    over hands present in both; NaN when there are none. Accepts (42, 3) or (N, 42, 3)."""
-    correct = total = 0
-    for p, g in _pairs(pred, gt):
-        for hand in HANDS:
-            box = hand_box(g, hand)
-            if box is None or not hand_present(p, hand):
-                continue
-            size = max(box[2] - box[0], box[3] - box[1], 1.0)
-            rows = g[hand_rows(hand)][:, 2] > 0
-            err = np.linalg.norm(p[hand_rows(hand)][rows, :2] - g[hand_rows(hand)][rows, :2], axis=1)
-            correct += int((err <= threshold * size).sum())
-            total += int(rows.sum())
-    return correct / total if total else float("nan")
-
-
-def detection_rate(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Share of GT hands that the prediction has in the same handedness slot; NaN without GT hands."""
-    found = [hand_present(p, h) for p, g in _pairs(pred, gt) for h in HANDS if hand_present(g, h)]
-    return float(np.mean(found)) if found else float("nan")
-
-
 def measure_detection(seed: int = 0, n_sequences: int = 30, n_frames: int = 4, n_cameras: int = 3,
                       image_size: int = 256, two_hand_prob: float = 0.2, workers: int | None = None,
                       grid: str | None = None) -> dict:
@@ -124,5 +97,5 @@ def measure_detection(seed: int = 0, n_sequences: int = 30, n_frames: int = 4, n
     if grid:
         picks = np.linspace(0, len(frames) - 1, min(36, len(frames))).astype(int)
         sample_grid([frames[i] for i in picks], grid, {"mediapipe": [pred[i] for i in picks]})
-    return {"detection_rate": detection_rate(pred, gt), "pck@0.2": hand_pck(pred, gt, 0.2),
+    return {"detection_rate": detection_rate(pred, gt), "pck@0.2": pck(pred, gt, 0.2),
             "n_hands": int(sum(len(f.handedness) for f in frames))}

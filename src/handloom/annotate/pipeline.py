@@ -8,7 +8,8 @@ import numpy as np
 
 from handloom import schema
 from handloom.annotate.captions import template_caption
-from handloom.annotate.keypoints import detect_many, detection_rate, hand_pck
+from handloom.annotate.keypoints import detect_many
+from handloom.evaluate.metrics import detection_rate, pck
 from handloom.annotate.masks import dilate, skeleton_mask
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest
 from handloom.io import decode_image, encode_png, write_table
@@ -78,5 +79,5 @@ def dataset_stats(n_images: int, rows: list[dict], rejects: list[dict], manifest
     if pairs:
         pred, gt = map(np.stack, zip(*pairs))
         stats.update(detection_rate=round(float(detection_rate(pred, gt)), 4),
-                     pck_0_2=round(float(hand_pck(pred, gt, 0.2)), 4))
+                     pck_0_2=round(float(pck(pred, gt, 0.2)), 4))
     return stats

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from handloom import schema
 from handloom.datasets.adapter import (Hand, ImageRecord, Spec, annotation_files, find_image, load_json, relative,

@@ -1,7 +1,10 @@
 """The embedded default dataset: multi-view sequences of a procedural 3D hand, ray-cast with numpy, exact labels."""
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -9,7 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from handloom.schema import BONES, FINGERS, HANDS, JOINTS_PER_HAND, empty_keypoints, hand_rows
+from handloom.schema import FINGERS, HANDS, JOINTS_PER_HAND, empty_keypoints, hand_rows
 
 # --- Hand geometry: a right hand in millimetres ------------------------------------------------
 # Hand frame: x radial (towards the thumb), y distal (towards the fingertips), z palmar (out of the
@@ -86,8 +89,9 @@ def _rotation(axis, degrees: float) -> np.ndarray:
 
 
 def _unit(v) -> np.ndarray:
+    """v scaled to unit length (row-wise for a stack of vectors)."""
     v = np.asarray(v, float)
-    return v / np.linalg.norm(v)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -387,41 +391,20 @@ class Canvas:
         c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1 + 1, n), min(r1 + 1, n)
         return (slice(r0, r1), slice(c0, c1)) if r1 > r0 and c1 > c0 else None
 
-    def _footprint(self, prim, window, margin: float = 0.0) -> np.ndarray:
-        """Pixels of the window whose rays can pass within `margin` of the primitive: near its projected
-        axis (a finger seen slantwise covers a thin strip of its bounding box)."""
-        if isinstance(prim, Cone):
-            ends = np.stack([prim.a, prim.b]) @ prim.linear.T + prim.offset
-            radius = max(prim.ra, prim.rb) * np.linalg.norm(prim.linear, 2) + margin
-        else:
-            ends, radius = prim.center[None], np.linalg.norm(prim.axes, axis=0).max() + margin
-        z = max(ends[:, 2].min() - radius, 1.0)
-        uv = (ends[:, :2] / ends[:, 2:] * np.diag(self.camera.K)[:2] + self.camera.K[:2, 2]) * self.ss
-        uv -= (window[1].start, window[0].start)
-        rows, cols = window[0].stop - window[0].start, window[1].stop - window[1].start
-        if not np.all(np.abs(uv) < 1e5):
-            return np.ones((rows, cols), bool)
-        width = int(np.ceil(1.25 * self.camera.K[0, 0] * self.ss * radius / z)) + 2
-        mask = np.zeros((rows, cols), np.uint8)
-        a, b = (tuple(int(round(v)) for v in p) for p in (uv[0], uv[-1]))
-        cv2.line(mask, a, b, 1, 2 * width + 1)
-        cv2.circle(mask, a, width, 1, -1), cv2.circle(mask, b, width, 1, -1)
-        return mask.astype(bool)
-
     def draw(self, prim, hand: int) -> None:
         window = self._window(prim)
         if window is None:
             return
         self.drawn.append((prim, hand))
-        near = self._footprint(prim, window)
+        D = self.rays[window]
         hits = _cone_hits if isinstance(prim, Cone) else _ellipsoid_hits
-        t, n = hits(self.rays[window][near].astype(np.float64), prim)
-        closer = t < self.depth[window][near]
-        ii = tuple(i[near][closer] for i in np.mgrid[window])
-        self.depth[ii] = t[closer]
-        self.normal[ii] = n[closer]
-        self.hand[ii] = hand
-        self.material[ii] = prim.material
+        t, n = hits(D.reshape(-1, 3).astype(np.float64), prim)
+        t, n = t.reshape(D.shape[:2]), n.reshape(D.shape)
+        closer = t < self.depth[window]  # z-buffer: rays from one centre, so distance orders like depth
+        self.depth[window][closer] = t[closer]
+        self.normal[window][closer] = n[closer]
+        self.hand[window][closer] = hand
+        self.material[window][closer] = prim.material
 
     def smooth_normals(self, blend: float) -> None:
         """Replace each normal by the gradient of an exponential smooth union of the hand's primitives
@@ -459,7 +442,7 @@ class Look:
 
     skin: np.ndarray        # sRGB in [0, 1]
     sleeve: np.ndarray | None
-    light: np.ndarray       # unit vector towards the key light in camera frame: each camera of the rig lights its side
+    light: np.ndarray       # unit vector towards the key light, camera frame: each camera of the rig lights its side
     light_color: np.ndarray
     ambient: float
     wrap: float             # light wrapping round the terminator: skin scatters
@@ -477,12 +460,8 @@ class Look:
         return cls(skin, sleeve, light, rng.uniform(0.7, 0.95) * np.array([1 + warmth, 1, 1 - warmth]),
                    float(rng.uniform(0.3, 0.45)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.04, 0.14)),
                    str(rng.choice(BACKGROUNDS)),
-                   np.column_stack([_unit_rows(rng.normal(0, 1, (8, 3))) * 2 * np.pi / rng.uniform(8, 30, (8, 1)),
+                   np.column_stack([_unit(rng.normal(0, 1, (8, 3))) * 2 * np.pi / rng.uniform(8, 30, (8, 1)),
                                     rng.uniform(0, 2 * np.pi, 8)]))
-
-
-def _unit_rows(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def _random_color(rng: np.random.Generator, avoid: np.ndarray) -> np.ndarray:
@@ -780,39 +759,39 @@ def _keypoints(camera: Camera, joints3d: np.ndarray, size: int) -> np.ndarray:
 
 
 def render_dataset(seed: int = 0, n_sequences: int = 24, n_frames: int = 8, n_cameras: int = 3,
-                   image_size: int = 256, two_hand_prob: float = 0.2) -> Iterator[SyntheticFrame]:
-    """Every frame of sequences 0..n-1, in order, with a progress bar."""
+                   image_size: int = 256, two_hand_prob: float = 0.2, workers: int | None = None
+                   ) -> Iterator[SyntheticFrame]:
+    """Every frame of sequences 0..n-1, in order, with a progress bar; sequences render in parallel.
+
+    Each sequence depends only on (seed, index), so the pool changes the speed, never the frames.
+    """
+    render = partial(render_sequence, seed, n_frames=n_frames, n_cameras=n_cameras, image_size=image_size,
+                     two_hand_prob=two_hand_prob)
+    workers = min(workers or os.cpu_count() or 1, n_sequences)
     with tqdm(total=n_sequences * n_frames * n_cameras, desc="rendering hands", unit="img") as bar:
-        for i in range(n_sequences):
-            for frame in render_sequence(seed, i, n_frames, n_cameras, image_size, two_hand_prob):
-                bar.update()
-                yield frame
+        if workers == 1:
+            sequences = map(render, range(n_sequences))
+        else:  # spawn: a forked numpy/OpenCV thread pool can deadlock the child
+            pool = mp.get_context("spawn").Pool(workers)
+            sequences = pool.imap(render, range(n_sequences))
+        try:
+            for sequence in sequences:
+                bar.update(len(sequence))
+                yield from sequence
+        finally:
+            if workers > 1:
+                pool.terminate()
 
 
 # --- Inspection --------------------------------------------------------------------------------
 GRID_COLORS = ((0, 220, 0), (230, 30, 30), (40, 90, 255), (240, 200, 0))  # RGB: ground truth first
 
 
-def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, color, radius: int = 2) -> np.ndarray:
-    """The skeleton of every present hand drawn on a copy of an RGB image."""
-    out = image.copy()
-    for h in HANDS:
-        k = keypoints[hand_rows(h)]
-        if not np.any(k):
-            continue
-        pts = [tuple(int(round(v)) for v in p[:2]) for p in k]
-        for a, b in BONES:
-            if k[a, 2] > 0 and k[b, 2] > 0:
-                cv2.line(out, pts[a], pts[b], color, 1, cv2.LINE_AA)
-        for p, kp in zip(pts, k):
-            if kp[2] > 0:
-                cv2.circle(out, p, radius, color, -1, cv2.LINE_AA)
-    return out
-
-
 def sample_grid(frames: list[SyntheticFrame], path: str | Path,
                 keypoint_sets: dict[str, list[np.ndarray]] | None = None, columns: int = 6) -> None:
     """A PNG grid of the frames with ground truth (green) and each extra keypoint set drawn over them."""
+    from handloom.report.render import draw_keypoints
+
     sets = {"ground truth": [f.keypoints for f in frames], **(keypoint_sets or {})}
     tile = max(frames[0].image.shape[0], 192)
     tiles = []
@@ -820,9 +799,7 @@ def sample_grid(frames: list[SyntheticFrame], path: str | Path,
         img = cv2.resize(f.image, (tile, tile), interpolation=cv2.INTER_CUBIC)
         zoom = tile / f.image.shape[0]
         for color, kps in zip(GRID_COLORS, sets.values()):
-            k = kps[i].copy()
-            k[:, :2] *= zoom
-            img = draw_keypoints(img, k, color)
+            img = draw_keypoints(img, kps[i], color, zoom)
         cv2.putText(img, f"{f.sequence} f{f.frame} c{f.camera} {'+'.join(f.handedness)}", (3, 12),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
         tiles.append(img)

@@ -78,6 +78,15 @@ def dap(pred: np.ndarray, gt: np.ndarray, threshold: float) -> float:
     return _mean_or_nan(_correct_joints(pred, gt, threshold)[visible_joints(gt)])
 
 
+def detection_rate(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Share of ground-truth hands that the prediction has in the same handedness slot; NaN without any."""
+    def present(k):
+        k = np.asarray(k).reshape(-1, len(HANDS), JOINTS_PER_HAND, 3)
+        return np.any(k != 0, axis=(2, 3))  # (N, 2): an all-zero hand is absent
+    in_gt = present(gt)
+    return float(present(pred)[in_gt].mean()) if in_gt.any() else float("nan")
+
+
 def joint_ratio_difference(pred: np.ndarray, gt: np.ndarray) -> float:
     """Annotated Hands' mean joint-ratio difference: mean |ratio_pred - ratio_gt| over bones seen in both.
 

@@ -65,7 +65,7 @@ def hand_metrics(detected: np.ndarray, target_keypoints: np.ndarray) -> dict:
     scores = detected[:, [0, schema.JOINTS_PER_HAND], 2]  # col 2 holds the hand's detection score
     found = (scores > 0) & target_hands
     return dict(
-        detection_rate=float(found.sum() / max(1, target_hands.sum())),
+        detection_rate=metrics.detection_rate(detected, target_keypoints),
         detection_confidence=float(scores[found].mean()) if found.any() else 0.0,
         confident_share=float((scores[target_hands] > CONFIDENT).mean()) if target_hands.any() else 0.0,
         mpjpe=metrics.mpjpe(detected, target_keypoints),

@@ -26,18 +26,24 @@ ARTIFACT_KEY = "handloom-pipeline"
 def run_stage(root: str, stage: str, timeout_s: float, fanout: dict | None = None) -> dict:
     """One stage through DVC; an annotate stage with `fanout` runs its chunks on Dask, then DVC commits it."""
     log = get_run_logger().info
-    if fanout is None:
-        return vars(repro_stage(root, stage, timeout_s, log))
+    run = repro_stage(root, stage, timeout_s, log) if fanout is None else fanout_stage(root, stage, fanout, timeout_s, log)
+    return vars(run)
+
+
+def fanout_stage(root: str, stage: str, fanout: dict, timeout_s: float, log) -> StageRun:
+    """What `dvc repro --single-item` does, with the command replaced by the Dask fan-out that writes the
+    same bytes: skip when `dvc status` is clean, else write the outputs and let `dvc commit` record them."""
     start = time.perf_counter()
-    if not stage_changed(root, stage):
-        return vars(StageRun(stage, "skipped", round(time.perf_counter() - start, 3)))
-    runner = dask_runner(fanout["dask_address"], fanout["dask_workers"])
-    annotate_stage(root, fanout["dataset"], fanout["chunk_size"], runner, timeout_s)
-    commit_stage(root, stage, log)
-    return vars(StageRun(stage, "ran", round(time.perf_counter() - start, 3)))
+    status = "skipped"
+    if stage_changed(root, stage):
+        runner = dask_runner(fanout["dask_address"], fanout["dask_workers"])
+        annotate_stage(root, fanout["dataset"], fanout["chunk_size"], runner, timeout_s)
+        commit_stage(root, stage, log)
+        status = "ran"
+    return StageRun(stage, status, round(time.perf_counter() - start, 3))
 
 
-def _options(node: StageNode, network_stages: list[str], retries: int, retry_delay_s: float) -> dict:
+def _options(node: StageNode, network_stages: tuple[str, ...], retries: int, retry_delay_s: float) -> dict:
     """Retries with exponential backoff only where a failure may be the network's, not the code's."""
     if not (node.network or node.group in network_stages):
         return {}
@@ -45,6 +51,7 @@ def _options(node: StageNode, network_stages: list[str], retries: int, retry_del
 
 
 def _outcome(future: PrefectFuture) -> dict:
+    future.wait()
     state = future.state
     if state.is_completed():
         return future.result()
@@ -67,7 +74,7 @@ def _failure(outcomes: dict[str, dict]) -> str:
 @flow(name="handloom-pipeline", task_runner=ThreadPoolTaskRunner())
 def pipeline(targets: list[str] | None = None, params: dict[str, Any] | None = None, repo: str = ".",
              fanout: bool = True, annotate_chunk_size: int = 64, dask_address: str | None = None,
-             dask_workers: int = 0, network_stages: list[str] = ["ingest"],  # noqa: B006 (Prefect copies defaults)
+             dask_workers: int = 0, network_stages: tuple[str, ...] = ("ingest",),
              retries: int = 3, retry_delay_s: float = 10.0, timeout_s: float = 6 * 3600):
     """`dvc repro <targets>` as Prefect tasks.
 
@@ -82,20 +89,24 @@ def pipeline(targets: list[str] | None = None, params: dict[str, Any] | None = N
     if params:
         get_run_logger().info("params.yaml overrides: %s", apply_overrides(root / "params.yaml", params))
     graph = read_graph(root, targets)
+    fanout_options = dict(chunk_size=annotate_chunk_size, dask_address=dask_address, dask_workers=dask_workers)
     futures: dict[str, PrefectFuture] = {}
     for node in graph:  # dependencies first, so every upstream future exists already
         dataset = fanout_dataset(node.name, node.cmd) if fanout else None
-        spec = dict(dataset=dataset, chunk_size=annotate_chunk_size, dask_address=dask_address,
-                    dask_workers=dask_workers) if dataset else None
-        futures[node.name] = run_stage.with_options(**_options(node, network_stages, retries, retry_delay_s)).submit(
-            str(root), node.name, timeout_s, spec, wait_for=[futures[u] for u in node.upstream])
-    for f in futures.values():
-        f.wait()
+        task_ = run_stage.with_options(**_options(node, network_stages, retries, retry_delay_s))
+        futures[node.name] = task_.submit(str(root), node.name, timeout_s,
+                                          dict(fanout_options, dataset=dataset) if dataset else None,
+                                          wait_for=[futures[u] for u in node.upstream])
     outcomes = {name: _outcome(f) for name, f in futures.items()}
-    reports = [root / out for node in graph for out in node.outs if out.endswith(".md")]
-    create_markdown_artifact(run_markdown(f"handloom: dvc repro {' '.join(targets or [])}".strip(), outcomes,
-                                          read_metrics(root), reports), key=ARTIFACT_KEY,
-                             description="stage outcomes, DVC metrics and the report of this run")
+    _publish(root, graph, targets, outcomes)
     if any(o["status"] == "failed" for o in outcomes.values()):
         return Failed(message=_failure(outcomes))
     return outcomes
+
+
+def _publish(root: Path, graph: list[StageNode], targets: list[str] | None, outcomes: dict[str, dict]) -> None:
+    """The run's markdown artifact: outcomes, metrics, and every markdown output of the stages it ran."""
+    reports = [root / out for node in graph for out in node.outs if out.endswith(".md")]
+    title = f"handloom: dvc repro {' '.join(targets or [])}".strip()
+    create_markdown_artifact(run_markdown(title, outcomes, read_metrics(root), reports), key=ARTIFACT_KEY,
+                             description="stage outcomes, DVC metrics and the report of this run")

@@ -45,14 +45,24 @@ def flip(sample: dict) -> dict:
 
 
 def crop(sample: dict, x0: int, y0: int, side: int) -> dict:
-    """A square window (a view: no copy); keypoints shift with it and those it cuts off become unseen."""
+    """A square window resampled to the sample's size, as RandomResizedCrop does; keypoints move and scale
+    with it, and those it cuts off become unseen.
+
+    Keeping the size keeps every later resize to the model's resolution at an integer ratio, where
+    OpenCV's INTER_AREA is exact and fast (its general path costs ~6x more).
+    """
+    out = min(sample["image"].shape[:2])
+    scale = np.float32(out / side)
     k = sample["keypoints"].copy()
     rows = present_rows(k)
-    k[rows, :2] -= np.float32([x0, y0])
-    outside = np.any((k[:, :2] < -0.5) | (k[:, :2] >= side - 0.5), axis=1)
+    # Pixel centres map onto centres, as cv2.resize maps them: x' = (x - x0 + 0.5) * out / side - 0.5.
+    k[rows, :2] = (k[rows, :2] - np.float32([x0, y0]) + 0.5) * scale - 0.5
+    outside = np.any((k[:, :2] < -0.5) | (k[:, :2] >= out - 0.5), axis=1)
     k[rows & outside, 2] = 0
     window = np.s_[y0:y0 + side, x0:x0 + side]
-    return dict(sample, image=sample["image"][window], mask=sample["mask"][window], keypoints=k)
+    image, mask = (cv2.resize(a[window], (out, out), interpolation=cv2.INTER_LINEAR)
+                   for a in (sample["image"], sample["mask"]))
+    return dict(sample, image=image, mask=mask, keypoints=k)
 
 
 def adjust_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
@@ -70,7 +80,7 @@ def draw(rng: np.random.Generator, p: AugmentParams, height: int, width: int) ->
 
 
 def apply(sample: dict, t: Transform) -> dict:
-    """Crop, then flip, then gamma: the cheap colour work runs on the smaller window."""
+    """Crop, then flip, then gamma (pixels only)."""
     if t.crop is not None:
         sample = crop(sample, *t.crop)
     if t.flip:

@@ -144,7 +144,7 @@ class HandDiffusionModule(L.LightningModule):
         # and one fused _foreach_lerp_ per step.
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.diffusion = GaussianDiffusion(config.num_diffusion_steps, config.beta_schedule, config.prediction)
-        self._sampled_at = -1
+        self._step_batch: dict | None = None  # the step's last batch, for its sample grid
         self.generator: torch.Generator | None = None  # made in on_train_start
         self._resumed_generator_states = None
         self.register_load_state_dict_post_hook(self._ignore_missing_frozen)
@@ -243,6 +243,7 @@ class HandDiffusionModule(L.LightningModule):
         return {"loss": total, **losses}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._step_batch = batch
         losses = self.losses(batch, drop=True, generator=self.generator)
         self.log_losses("train", losses)
         return losses["loss"]
@@ -266,15 +267,14 @@ class HandDiffusionModule(L.LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # Here, not in on_train_batch_end: this runs once per real step (gradient accumulation) and
-        # before ModelCheckpoint's on_train_batch_end, so a checkpoint holds this step's average.
+        # before ModelCheckpoint's on_train_batch_end, so a checkpoint holds this step's average, and
+        # comes after this step's grid: a run killed in between resumes past a grid it has written.
         super().optimizer_step(*args, **kwargs)
         self.update_ema()
-
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         n = self.config.sample_every_n_steps
-        if n and self.global_step % n == 0 and self.global_step != self._sampled_at:
-            self._sampled_at = self.global_step  # once per step, however many batches it accumulates
-            self.log_samples(batch)
+        if n and self.global_step % n == 0:
+            self.log_samples(self._step_batch)
+        self._step_batch = None
 
     @torch.no_grad()
     def update_ema(self) -> None:
