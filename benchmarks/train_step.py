@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -175,6 +176,7 @@ def peak_flops(name: str, override_tflops: float | None) -> float | None:
 
 
 def cpu_benchmark(args) -> dict:
+    load = os.getloadavg()[0]  # the neighbours: per-step ratios swing with it
     p = load_params(ROOT / "params.yaml").train.model_copy(update=dict(accelerator="cpu", devices=1, strategy="auto"))
     config = train_config(p)
     print(f"CPU, {torch.get_num_threads()} threads: the stage's default model at {p.resolution} px, "
@@ -183,7 +185,8 @@ def cpu_benchmark(args) -> dict:
     print(f"train_step ratio (Lightning / plain steps/s): {result['ratio']:.3f}, by CPU time "
           f"{result['cpu_time_ratio']:.3f}  (goal ≥ 0.95)")
     return dict(result, device="cpu", threads=torch.get_num_threads(), resolution=p.resolution,
-                model=p.model.model_dump(), conditioning=p.conditioning)
+                model=p.model.model_dump(), conditioning=p.conditioning, command="python benchmarks/train_step.py",
+                load_average_at_start=round(load, 2))
 
 
 def gpu_benchmark(args) -> dict:

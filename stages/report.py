@@ -1,4 +1,4 @@
-"""DVC stage report: metrics + samples -> reports/report.md and reports/figures/*.png."""
+"""DVC stage report: metrics, samples and generate examples -> reports/report.md and reports/figures/*.png."""
 from pathlib import Path
 
 from handloom.params import stage_params
@@ -7,7 +7,7 @@ from handloom.report.build import build_report
 
 def main() -> None:
     params = stage_params()
-    build_report(Path("reports"), Path("data/eval"), Path("data/shards"), params.report)
+    build_report(Path("reports"), Path("data/eval"), Path("data/shards"), params.report, Path("data/models"), params)
     print("report: reports/report.md")
 
 

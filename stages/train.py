@@ -1,4 +1,4 @@
-"""DVC stage train: data/shards (+ data/latents) -> data/models/last.ckpt (persisted, resumed), DVCLive logs in reports/train."""
+"""DVC stage train: data/shards (+ data/latents) -> data/models/last.ckpt, persisted and resumed; DVCLive logs."""
 from pathlib import Path
 
 from handloom.params import stage_params

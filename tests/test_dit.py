@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from handloom.model.dit import (DIT_SIZES, DiT, DiT_S_2, DiT_XL_2, DiT_models, PatchEmbed, dit_size,
-                                drop_conditions)
+from handloom.model.dit import DIT_SIZES, DiT, DiT_models, DiT_S_2, DiT_XL_2, PatchEmbed, dit_size, drop_conditions
 from handloom.schema import FLAG
 from handloom.shards.conditioning import CHANNELS
 

@@ -115,7 +115,8 @@ def test_fanout_writes_byte_for_byte_what_the_stage_writes(toy_dataset, tmp_path
     ingest = toy_dataset / "ingest" / "toy"
     corrupt_one_image(ingest)
     monkeypatch.setattr(annotate_pipeline, "detect_many", fake_detect)
-    p = annotate_pipeline.AnnotateParams()
+    # The toy images are noise that the fake detector reads: no quality filter, and a cache of the test's own.
+    p = annotate_pipeline.AnnotateParams(min_mask_area=0, max_gt_disagreement=1, cache_dir=str(tmp_path / "cache"))
     stats = annotate_pipeline.annotate_dataset(ingest, tmp_path / "stage", p)
     write_json(tmp_path / "stage" / "stats.json", stats)
 

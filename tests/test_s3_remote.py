@@ -2,6 +2,7 @@
 same cache pulled over plain HTTP, and a training batch streamed straight from `s3://` shard URLs."""
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -52,7 +53,6 @@ def origin_repo(root: Path, toy: Path) -> Path:
     run([DVC, "add", "-q", SHARDS], repo)
     run([DVC, "remote", "add", "-d", "s3remote", "s3://bucket/cache"], repo)
     run([DVC, "remote", "modify", "s3remote", "endpointurl", os.environ["AWS_ENDPOINT_URL"]], repo)
-    run([DVC, "remote", "modify", "s3remote", "region", "us-east-1"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "shards"], repo)
     s3_credentials(repo)
@@ -90,7 +90,7 @@ def test_dvc_push_clone_pull_over_s3_and_http_then_stream_from_s3(s3, toy_datase
     assert len(expected) == 3 and any((s3 / "cache" / "files" / "md5").rglob("*"))
 
     pulled = clone(origin, tmp_path / "clone")
-    s3_credentials(pulled)
+    shutil.copy(origin / ".dvc" / "config.local", pulled / ".dvc")  # the user's own keys, never committed
     run([DVC, "pull", "-q"], pulled)
     assert tar_digests(pulled / SHARDS) == expected
 

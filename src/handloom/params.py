@@ -98,8 +98,28 @@ class IngestParams(Section):
 class AnnotateParams(Section):
     min_detection_confidence: float = Field(0.1, ge=0, le=1)
     workers: int = Field(0, ge=0)  # 0 = one per core
-    mask_backend: Literal["ground_truth"] = "ground_truth"
-    caption_backend: Literal["template"] = "template"
+    # auto: the dataset's exact mask when it has one, else SAM when sam_checkpoint is set, else GrabCut.
+    mask_backend: Literal["auto", "ground_truth", "sam", "grabcut"] = "auto"
+    # Local weights only, nothing is downloaded: a segment-anything state_dict and a LLaVA-1.5 directory.
+    sam_checkpoint: str | None = Field(None, validate_default=True)
+    sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    caption_backend: Literal["auto", "llava", "template"] = "auto"  # auto: LLaVA when llava_path is set
+    llava_path: str | None = Field(None, validate_default=True)
+    # Quality filters; a filtered sample becomes a reject row with its reason.
+    min_mp_score: float = Field(0.5, ge=0, le=1)  # samples without ground truth, whose keypoints are MediaPipe's
+    min_mask_area: int = Field(2500, ge=0)        # pixels after dilation; 0 keeps every mask
+    max_gt_disagreement: float = Field(0.5, ge=0, le=1)  # share of joints off by > 0.2 x box; 1 keeps all
+    cache_dir: str = ".handloom-cache/annotations"  # by image sha256 + backend + params; not a DVC output
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # SAM and LLaVA; auto: cuda when present
+
+    @field_validator("sam_checkpoint", "llava_path")
+    @classmethod
+    def _weights_for_chosen_backend(cls, v: str | None, info) -> str | None:
+        backend = {"sam_checkpoint": ("mask_backend", "sam"), "llava_path": ("caption_backend", "llava")}
+        key, name = backend[info.field_name]
+        if v is None and info.data.get(key) == name:
+            raise ValueError(f"required when {key} is {name}")
+        return v
 
 
 # --- shard -------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Captions for each image; without LLaVA weights, a sentence built from the sample's metadata."""
+"""Captions for each image: LLaVA-1.5 (llava.py) from local weights, else a sentence built from the sample's metadata."""
 from __future__ import annotations
 
 
 def template_caption(dataset: str, handedness: list[str], metadata: dict) -> str:
-    """E.g. 'A photo of a right hand showing a fist gesture (synthetic, camera 2).'"""
-    hands = {0: "a hand", 1: f"a {handedness[0]} hand" if handedness else "a hand"}.get(len(handedness), "two hands")
-    gesture = f" showing a {metadata['gesture'].replace('_', ' ')} gesture" if metadata.get("gesture") else ""
-    view = f", camera {metadata['camera']}" if "camera" in metadata else ""
-    return f"A photo of {hands}{gesture} ({dataset}{view})."
+    """E.g. 'A photo of a right hand showing the fist gesture, palm view (synthetic, camera 2).'"""
+    hands = " and ".join(f"a {side} hand" for side in handedness) or "a hand"
+    gesture = f" showing the {metadata['gesture'].replace('_', ' ')} gesture" if metadata.get("gesture") else ""
+    view = f", {metadata['view']} view" if metadata.get("view") else ""
+    camera = f", camera {metadata['camera']}" if "camera" in metadata else ""
+    return f"A photo of {hands}{gesture}{view} ({dataset}{camera})."

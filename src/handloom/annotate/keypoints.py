@@ -1,14 +1,12 @@
 """MediaPipe Hands keypoints in the unified 42x3 layout, a process-pool runner, and PCK / detection metrics."""
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
-from tqdm import tqdm
 
-from handloom.evaluate.metrics import detection_rate, pck
+from handloom.annotate.pool import pmap
 from handloom.schema import HANDS, JOINTS_PER_HAND, empty_keypoints, hand_rows
 
 # The legacy solution labels handedness as if the image were a mirrored selfie: on an ordinary
@@ -56,30 +54,20 @@ def detect_hands(image_rgb: np.ndarray, detector) -> HandDetection:
     return HandDetection(keypoints, tuple(hd for hd, s in zip(HANDS, scores) if s), (scores[0], scores[1]))
 
 
-_worker_detector = None
+_detectors: dict[float, object] = {}  # per process and confidence, made on first use and kept for the next call
 
 
-def _init_worker(min_detection_confidence: float) -> None:
-    global _worker_detector
-    _worker_detector = make_detector(min_detection_confidence)
-
-
-def _detect_in_worker(image: np.ndarray) -> HandDetection:
-    return detect_hands(image, _worker_detector)
+def _detect(min_detection_confidence: float, image: np.ndarray) -> HandDetection:
+    if min_detection_confidence not in _detectors:
+        _detectors[min_detection_confidence] = make_detector(min_detection_confidence)
+    return detect_hands(image, _detectors[min_detection_confidence])
 
 
 def detect_many(images: list[np.ndarray], min_detection_confidence: float = 0.1,
                 workers: int | None = None) -> list[HandDetection]:
-    """detect_hands over many images in a process pool (one detector per worker), in input order."""
-    workers = min(workers or os.cpu_count() or 1, max(len(images), 1))
-    bar = dict(total=len(images), desc="mediapipe", unit="img")
-    if workers == 1:
-        with make_detector(min_detection_confidence) as detector:
-            return [detect_hands(im, detector) for im in tqdm(images, **bar)]
-    chunksize = max(1, min(16, len(images) // (4 * workers)))
-    # spawn, not fork: a forked MediaPipe graph (or torch) from the parent can deadlock the child.
-    with mp.get_context("spawn").Pool(workers, _init_worker, (min_detection_confidence,)) as pool:
-        return list(tqdm(pool.imap(_detect_in_worker, images, chunksize), **bar))
+    """detect_hands over many images in a process pool (one detector per worker), in input order; inside
+    pool.worker_pool() the pool and its detectors outlive the call."""
+    return pmap(partial(_detect, min_detection_confidence), images, workers, "mediapipe")
 
 
 # --- Metrics against ground truth ----------------------------------------------------------------
@@ -89,6 +77,7 @@ def measure_detection(seed: int = 0, n_sequences: int = 30, n_frames: int = 4, n
     """How well MediaPipe reads the synthetic hands: {detection_rate, pck@0.2, n_hands}; `grid` also
     writes a PNG of 36 evenly spread frames with ground truth and MediaPipe drawn."""
     from handloom.datasets.synthetic import render_dataset, sample_grid
+    from handloom.evaluate.metrics import detection_rate, pck  # torch: kept out of the pool workers' imports
 
     frames = list(render_dataset(seed, n_sequences, n_frames, n_cameras, image_size, two_hand_prob))
     detections = detect_many([f.image for f in frames], workers=workers)

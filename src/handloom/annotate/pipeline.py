@@ -1,50 +1,84 @@
-"""The annotate stage: MediaPipe keypoints, a mask and a caption for every ingested image."""
+"""The annotate stage: MediaPipe keypoints, a mask and a caption for every ingested image, each cached by image
+sha256 + backend + params; images the quality filters drop become reject rows with their reason."""
 from __future__ import annotations
 
+import io
 import json
+from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from handloom import schema
+from handloom.annotate import quality
+from handloom.annotate.cache import AnnotationCache, params_hash, weights_fingerprint
 from handloom.annotate.captions import template_caption
-from handloom.annotate.keypoints import detect_many
-from handloom.evaluate.metrics import detection_rate, pck
-from handloom.annotate.masks import dilate, skeleton_mask
+from handloom.annotate.keypoints import HandDetection, detect_many
+from handloom.annotate.masks import GRABCUT_ITERATIONS, GRABCUT_SIDE, GRABCUT_VERSION, grabcut_png
+from handloom.annotate.pool import pmap, pool_size, worker_pool
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest
-from handloom.io import decode_image, encode_png, write_table
+from handloom.io import decode_image, encode_png, sha256, write_table
 from handloom.params import AnnotateParams
 
-CHUNK = 256  # images decoded at once: bounds memory whatever the dataset size
+KEYPOINT_BACKEND = "mediapipe-0.10.21"
+# Images per chunk and pool worker: enough that the workers rarely wait on each other at a chunk's end, few
+# enough that decoded pixels stay small and a killed run loses little (the cache is written chunk by chunk).
+CHUNK_PER_WORKER = 16
+
+
+@dataclass
+class Sample:
+    """One readable image on its way through the backends."""
+
+    key: str
+    record: object                 # its manifest row
+    image: np.ndarray              # RGB uint8
+    sha256: str                    # of the JPEG bytes: the cache's address
+    gt_mask_png: bytes | None
+    gt: np.ndarray | None          # ground-truth keypoints, 42x3
+    detection: HandDetection | None = None
+    mask_backend: str = ""
+    mask_png: bytes | None = None
+    mask_area: int = 0
+
+    @property
+    def prompt(self) -> np.ndarray:
+        """The keypoints a mask is drawn from: the dataset's when it has them, else MediaPipe's."""
+        return self.gt if self.gt is not None else self.detection.keypoints
 
 
 def annotate_dataset(ingest_dir: Path, out_dir: Path, p: AnnotateParams) -> dict:
-    """Annotate every manifest row; unreadable images become rejects. Returns the dataset's stats."""
+    """Annotate every manifest row, chunk by chunk in one process pool. Returns the dataset's stats."""
     manifest = read_manifest(ingest_dir).set_index("key")
-    images = list(iter_images(ingest_dir))
+    images = iter_images(ingest_dir)
     rows, rejects = [], []
-    for start in range(0, len(images), CHUNK):
-        chunk_rows, chunk_rejects = annotate_images(images[start:start + CHUNK], manifest, p)
-        rows += chunk_rows
-        rejects += chunk_rejects
-    return write_annotations(out_dir, manifest, len(images), rows, rejects)
+    with worker_pool(p.workers), tqdm(total=len(manifest), desc=f"annotate {Path(ingest_dir).name}", unit="img") as bar:
+        while chunk := list(islice(images, CHUNK_PER_WORKER * pool_size(p.workers))):
+            chunk_rows, chunk_rejects = annotate_images(chunk, manifest, p)
+            rows += chunk_rows
+            rejects += chunk_rejects
+            bar.update(len(chunk))
+    return write_annotations(out_dir, manifest, bar.n, rows, rejects)
 
 
 def annotate_images(images: list[tuple[str, bytes, bytes | None]], manifest, p: AnnotateParams) -> tuple[list, list]:
-    """(rows, rejects) for (key, jpeg, mask png) triples in key order: one chunk, which a Prefect task may own."""
-    decoded = [decode_image(jpeg) for _, jpeg, _ in images]
-    readable = [i for i, im in enumerate(decoded) if im is not None]
-    detections = detect_many([decoded[i] for i in readable], p.min_detection_confidence, p.workers or None)
-    found = dict(zip(readable, detections))
-    rows, rejects = [], []
-    for i, (key, _, mask_png) in enumerate(images):
-        record = manifest.loc[key]
-        if i not in found:
-            rejects.append(dict(key=key, dataset=record.dataset, stage="annotate",
-                                reason=schema.Reject.UNREADABLE_IMAGE, detail="image bytes do not decode"))
-            continue
-        rows.append(annotation_row(key, record, found[i], decoded[i], mask_png, p))
-    return rows, rejects
+    """(rows, rejects) for (key, jpeg, mask png) triples in key order: one chunk, which a Prefect task may own.
+    Every image ends up in exactly one of the two lists, each in key order."""
+    cache, rejects = AnnotationCache(Path(p.cache_dir)), []
+    samples = read_samples(images, manifest, rejects)
+    for sample, detection in zip(samples, keypoints_of(samples, p, cache)):
+        sample.detection = detection
+    samples = screen(samples, rejects, lambda s: quality.keypoint_reject(s.detection, s.gt, p))
+    samples = screen(samples, rejects, lambda s: choose_mask_backend(s, p))
+    masks_of(samples, p, cache)
+    samples = screen(samples, rejects, lambda s: quality.mask_reject(s.mask_area, p))
+    backend, captions = captions_of(samples, p, cache)
+    rows = [annotation_row(s, caption, backend) for s, caption in zip(samples, captions)]
+    return rows, sorted(rejects, key=lambda r: r["key"])
 
 
 def write_annotations(out_dir: Path, manifest, n_images: int, rows: list[dict], rejects: list[dict]) -> dict:
@@ -54,30 +88,148 @@ def write_annotations(out_dir: Path, manifest, n_images: int, rows: list[dict], 
     return dataset_stats(n_images, rows, rejects, manifest)
 
 
-def annotation_row(key: str, record, detection, image: np.ndarray, mask_png: bytes | None, p: AnnotateParams) -> dict:
-    gt = keypoints_array(record.gt_keypoints)
-    if mask_png is not None:
-        mask, backend = decode_image(mask_png, gray=True), "ground_truth"
+# --- One chunk, step by step --------------------------------------------------------------------
+def read_samples(images, manifest, rejects: list) -> list[Sample]:
+    samples = []
+    records = manifest.loc[[key for key, _, _ in images]].itertuples()  # one lookup: .loc per key costs ~1 ms
+    for (key, jpeg, mask_png), record in zip(images, records):
+        image = decode_image(jpeg)
+        if image is None:
+            rejects.append(reject_row(key, record, (schema.Reject.UNREADABLE_IMAGE, "image bytes do not decode")))
+        else:
+            samples.append(Sample(key, record, image, sha256(jpeg), mask_png, keypoints_array(record.gt_keypoints)))
+    return samples
+
+
+def screen(samples: list[Sample], rejects: list, reason: Callable[[Sample], tuple[str, str] | None]) -> list[Sample]:
+    """The samples `reason` lets through; the others become reject rows."""
+    kept = []
+    for s in samples:
+        if why := reason(s):
+            rejects.append(reject_row(s.key, s.record, why))
+        else:
+            kept.append(s)
+    return kept
+
+
+def reject_row(key: str, record, why: tuple[str, str]) -> dict:
+    return dict(key=key, dataset=record.dataset, stage="annotate", reason=why[0], detail=why[1])
+
+
+def cached(cache: AnnotationCache, backend: str, ext: str, samples: list[Sample], params: Iterable[str],
+           compute: Callable[[list[Sample]], list[bytes]]) -> list[bytes]:
+    """Each sample's result from the cache; the misses computed in one call, then stored."""
+    params = list(params)
+    found = [cache.get(backend, s.sha256, h, ext) for s, h in zip(samples, params)]
+    missing = [i for i, data in enumerate(found) if data is None]
+    if missing:
+        for i, data in zip(missing, compute([samples[i] for i in missing])):
+            cache.put(backend, samples[i].sha256, params[i], ext, data)
+            found[i] = data
+    return found
+
+
+def keypoints_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -> list[HandDetection]:
+    def detect(todo: list[Sample]) -> list[bytes]:
+        return [npy_bytes(d.keypoints) for d in detect_many([s.image for s in todo], p.min_detection_confidence,
+                                                             p.workers or None)]
+
+    key = params_hash(min_detection_confidence=p.min_detection_confidence)
+    found = cached(cache, KEYPOINT_BACKEND, "npy", samples, [key] * len(samples), detect)
+    # Fresh or cached, every detection is read back from the same bytes: the rows cannot tell which it was.
+    return [detection_from(np.load(io.BytesIO(data))) for data in found]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, np.float32))
+    return buffer.getvalue()
+
+
+def detection_from(keypoints: np.ndarray) -> HandDetection:
+    """detect_hands writes each found hand's score into its rows' third column, so the 42x3 array holds it all."""
+    scores = (float(keypoints[schema.hand_rows("right")][0, 2]), float(keypoints[schema.hand_rows("left")][0, 2]))
+    return HandDetection(keypoints, tuple(h for h, s in zip(schema.HANDS, scores) if s), scores)
+
+
+def choose_mask_backend(s: Sample, p: AnnotateParams) -> tuple[str, str] | None:
+    """auto: the dataset's exact mask, else SAM with a checkpoint, else GrabCut. Rejects a sample that lacks the
+    ground-truth mask asked for."""
+    if p.mask_backend == "auto":
+        s.mask_backend = "ground_truth" if s.gt_mask_png is not None else "sam" if p.sam_checkpoint else "grabcut"
     else:
-        mask, backend = dilate(skeleton_mask(gt if gt is not None else detection.keypoints, *image.shape[:2])), "skeleton"
-    metadata = json.loads(record.metadata)
-    handedness = metadata.get("handedness") or list(detection.handedness)
-    return dict(
-        key=key, mp_keypoints=detection.keypoints.ravel().tolist(), mp_handedness=list(detection.handedness),
-        mp_scores=list(map(float, detection.scores)), keypoint_backend="mediapipe-0.10.21",
-        mask_png=encode_png(mask), mask_area=int((mask > 127).sum()), mask_backend=backend,
-        caption=template_caption(record.dataset, handedness, dict(metadata, camera=record.camera)),
-        caption_backend="template")
+        s.mask_backend = p.mask_backend
+    if s.mask_backend == "sam":
+        s.mask_backend = f"sam-{p.sam_model_type}"
+    if s.mask_backend == "ground_truth" and s.gt_mask_png is None:
+        return schema.Reject.MISSING_FIELD, "mask_backend ground_truth, but the dataset has no mask for it"
+    return None
 
 
+def prompt_hash(s: Sample) -> str:
+    return sha256(np.ascontiguousarray(s.prompt, np.float32).tobytes())
+
+
+def masks_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -> None:
+    """Fill in each sample's mask (PNG and area) from the backend choose_mask_backend picked."""
+    by_backend: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_backend.setdefault(s.mask_backend, []).append(s)
+    for backend, group in by_backend.items():
+        if backend == "ground_truth":
+            pngs = [s.gt_mask_png for s in group]
+        elif backend == "grabcut":
+            settings = dict(version=GRABCUT_VERSION, side=GRABCUT_SIDE, iterations=GRABCUT_ITERATIONS)
+            pngs = cached(cache, backend, "png", group, (params_hash(prompt=prompt_hash(s), **settings) for s in group),
+                          lambda todo: pmap(grabcut_png, [(s.image, s.prompt) for s in todo], p.workers, "grabcut"))
+        else:
+            weights = weights_fingerprint(p.sam_checkpoint)
+            pngs = cached(cache, backend, "png", group, (params_hash(prompt=prompt_hash(s), weights=weights)
+                                                         for s in group), lambda todo: sam_pngs(todo, p))
+        for s, png in zip(group, pngs):
+            s.mask_png, s.mask_area = png, int((decode_image(png, gray=True) > 127).sum())
+
+
+def sam_pngs(samples: list[Sample], p: AnnotateParams) -> list[bytes]:
+    from handloom.annotate.sam import sam_masker  # torch and segment-anything only when SAM is asked for
+
+    masker = sam_masker(p.sam_checkpoint, p.sam_model_type, p.device)
+    return [encode_png(masker.mask(s.image, s.prompt)) for s in tqdm(samples, desc="sam", unit="img", leave=False)]
+
+
+def captions_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -> tuple[str, list[str]]:
+    """(backend, one caption per sample): LLaVA when weights are given, else the metadata template."""
+    if p.caption_backend == "template" or (p.caption_backend == "auto" and not p.llava_path):
+        return "template", [metadata_caption(s) for s in samples]
+    from handloom.annotate.llava import MAX_NEW_TOKENS, PROMPT, llava_captioner  # transformers only when asked for
+
+    key = params_hash(weights=weights_fingerprint(p.llava_path), prompt=PROMPT, max_new_tokens=MAX_NEW_TOKENS)
+    found = cached(cache, "llava", "txt", samples, [key] * len(samples), lambda todo: [
+        c.encode() for c in llava_captioner(p.llava_path, p.device).captions([s.image for s in todo])])
+    return "llava", [data.decode() for data in found]
+
+
+def metadata_caption(s: Sample) -> str:
+    metadata = json.loads(s.record.metadata)
+    handedness = metadata.get("handedness") or list(s.detection.handedness)  # [] = the dataset does not say
+    return template_caption(s.record.dataset, handedness, dict(metadata, camera=s.record.camera))
+
+
+def annotation_row(s: Sample, caption: str, caption_backend: str) -> dict:
+    d = s.detection
+    return dict(key=s.key, mp_keypoints=d.keypoints.ravel().tolist(), mp_handedness=list(d.handedness),
+                mp_scores=list(d.scores), keypoint_backend=KEYPOINT_BACKEND, mask_png=s.mask_png,
+                mask_area=s.mask_area, mask_backend=s.mask_backend, caption=caption,
+                caption_backend=caption_backend)
+
+
+# --- Stats ----------------------------------------------------------------------------------------
 def dataset_stats(n_images: int, rows: list[dict], rejects: list[dict], manifest) -> dict:
-    """Detection rate and PCK@0.2 of MediaPipe against the dataset's ground truth."""
+    """Counts, rejects by reason, and MediaPipe's detection rate and PCK@0.1/0.2 against the dataset's ground
+    truth over the annotated samples (after the quality filters)."""
     stats = dict(images=n_images, annotated=len(rows), rejected=len(rejects),
+                 rejects=dict(sorted(Counter(r["reason"] for r in rejects).items())),
                  hands_detected=int(sum(np.count_nonzero(r["mp_scores"]) for r in rows)))
     pairs = [(keypoints_array(r["mp_keypoints"]), gt) for r in rows
              if (gt := keypoints_array(manifest.loc[r["key"]].gt_keypoints)) is not None]
-    if pairs:
-        pred, gt = map(np.stack, zip(*pairs))
-        stats.update(detection_rate=round(float(detection_rate(pred, gt)), 4),
-                     pck_0_2=round(float(pck(pred, gt, 0.2)), 4))
-    return stats
+    return stats | quality.agreement(*map(list, zip(*pairs))) if pairs else stats

@@ -17,7 +17,8 @@ class LatentGeometry:
 
     def latent_size(self, resolution: int) -> int:
         if resolution % self.downscale:
-            raise ValueError(f"train.resolution {resolution} must be a multiple of the VAE's downscale {self.downscale}")
+            raise ValueError(f"train.resolution {resolution} must be a multiple of the VAE's downscale "
+                             f"{self.downscale}")
         return resolution // self.downscale
 
 

@@ -30,8 +30,8 @@ def fanout_dataset(stage: str, cmd: str) -> str | None:
 
 
 def dask_runner(address: str | None = None, n_workers: int = 0, processes: bool = True) -> DaskTaskRunner:
-    """A runner on the scheduler at `address`, or on a local cluster of single-threaded workers
-    (MediaPipe holds the GIL, so processes, not threads, give the speed-up)."""
+    """A runner on the scheduler at `address`, or on a local cluster of single-threaded worker processes:
+    each holds one MediaPipe graph, and the per-image Python work (decode, masks, PNG) needs the GIL."""
     if address:
         return DaskTaskRunner(address=address)
     local = dict(host="127.0.0.1", dashboard_address=None) if processes else {}
@@ -93,6 +93,8 @@ def annotate_stage(root: str | Path, dataset: str, chunk_size: int, runner: Dask
     """What `python stages/annotate.py <dataset>` does at the repo root, fanned out on `runner`."""
     root = Path(root)
     p = load_params(root / "params.yaml").annotate
+    # The stage resolves cache_dir at the repo root, where DVC runs it; this flow's workers may run elsewhere.
+    p = p.model_copy(update={"cache_dir": str(root / p.cache_dir)})
     return annotate_fanout.with_options(task_runner=runner, timeout_seconds=timeout_s)(
         ingest_dir=str(root / "data/ingest" / dataset), out_dir=str(root / "data/annotations" / dataset),
         stats_path=str(root / "reports/data" / f"{dataset}.json"),

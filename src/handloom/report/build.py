@@ -3,15 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from handloom import schema
-from handloom.evaluate.pipeline import SAMPLES_FILE
+from handloom.evaluate.pipeline import SAMPLES_FILE, choose_pairs
+from handloom.generate import MODES, generate, load_generator
 from handloom.io import read_table, write_bytes
-from handloom.params import ReportParams
+from handloom.params import EvaluateParams, Params, ReportParams, TrainParams
 from handloom.report.render import (GT_COLOR, MP_COLOR, draw_keypoints, markdown_table, plot_series, pose_image,
                                     read_dvclive_series, read_json, save_png, tile)
 from handloom.shards.reader import read_sample
+from handloom.train.fit import CHECKPOINT
 
 FIGURES = "figures"
 CELL = 128
@@ -42,6 +45,39 @@ def dataset_grid(shards_dir: Path, dataset: str, n: int = 12, per_row: int = 6) 
     return tile([cells[i:i + per_row] for i in range(0, len(cells), per_row)], 192)
 
 
+def labelled(image: np.ndarray, text: str) -> np.ndarray:
+    out = image.copy()
+    cv2.putText(out, text, (4, 4 + out.shape[0] // 12), cv2.FONT_HERSHEY_SIMPLEX, out.shape[0] / 320, (255, 255, 255),
+                max(1, out.shape[0] // 128), cv2.LINE_AA)
+    return out
+
+
+def generate_examples_grid(models_dir: Path, shards_dir: Path, train_p: TrainParams, evaluate_p: EvaluateParams,
+                           per_mode: int = 2) -> np.ndarray:
+    """Held-out pose and view pairs through `handloom generate`'s API, sampled as the evaluate stage samples:
+    reference | target pose | generated | target."""
+    model = load_generator(models_dir / CHECKPOINT, train_p, device="cpu")
+    seed = evaluate_p.seed
+    sampling = dict(steps=evaluate_p.sample_steps, appearance_scale=evaluate_p.appearance_scale,
+                    pose_scale=evaluate_p.pose_scale, seed=seed)
+    pairs = choose_pairs(shards_dir, per_mode * 3, seed)  # balanced over pose, view and self pairs
+    pairs = pairs[pairs.kind.isin(MODES)].groupby("kind", sort=True).head(per_mode)
+    index = read_table(shards_dir / schema.INDEX_FILE).to_pandas().set_index("key")
+
+    def sample(key: str) -> dict:
+        return read_sample(shards_dir, index.loc[key, "shard"], int(index.loc[key, "offset"]))
+
+    rows = []
+    for reference_key, target_key, mode in pairs[["reference", "target", "kind"]].itertuples(index=False):
+        reference, target = sample(reference_key), sample(target_key)
+        side = target["image"].shape[0]
+        generated = generate(reference["image"], target["keypoints"], mode, model=model, target_size=(side, side),
+                             reference_keypoints=reference["keypoints"], reference_mask=reference["mask"], **sampling)
+        rows.append([labelled(reference["image"], mode), pose_image(target["keypoints"], side, 1.0), generated,
+                     target["image"]])
+    return tile(rows, CELL, ["reference", "target pose", "generated", "target"])
+
+
 def data_section(reports_dir: Path) -> str:
     rows = [dict(dataset=p.stem, **read_json(p)) for p in sorted((reports_dir / "data").glob("*.json"))]
     return markdown_table(rows, ["dataset", "images", "annotated", "rejected", "hands_detected", "detection_rate",
@@ -59,7 +95,21 @@ def metrics_section(m: dict) -> str:
     return markdown_table(rows, list(rows[0]))
 
 
-def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportParams) -> None:
+def generate_section(models_dir: Path | None, shards_dir: Path, params: Params, figures: Path) -> list[str]:
+    """The "Generate examples" panel, when there is a trained model to draw it with."""
+    if models_dir is None or not (models_dir / CHECKPOINT).exists():
+        return []
+    save_png(figures / "generate.png", generate_examples_grid(models_dir, shards_dir, params.train, params.evaluate))
+    return ["## Generate examples", "",
+            "Held-out pairs through `handloom generate` (`handloom.generate.generate`), labelled with their mode: "
+            "the reference's hand in the target's pose, or seen from the target's camera. See README, Generate.", "",
+            f"![reference, target pose, generated, target]({FIGURES}/generate.png)", ""]
+
+
+def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportParams, models_dir: Path | None = None,
+                 params: Params | None = None) -> None:
+    """`models_dir` adds the generate examples, drawn with `params` (train and evaluate: what the model was trained
+    and evaluated with)."""
     figures = reports_dir / FIGURES
     samples = dict(np.load(eval_dir / SAMPLES_FILE))
     save_png(figures / "generated.png", generated_grid(samples, p.grid_rows))
@@ -84,5 +134,6 @@ def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportP
         f"MediaPipe finds {real['detection_rate']:.0%} of the hands in the real targets at this resolution, "
         "the ceiling for the generated ones.", "",
         f"![reference, target pose, generated, untrained, target, keypoints]({FIGURES}/generated.png)", "",
+        *generate_section(models_dir, shards_dir, params or Params(), figures),
     ]
     write_bytes(reports_dir / "report.md", "\n".join(lines).encode())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import cv2
+import fsspec
 import numpy as np
 import pandas as pd
 import torch
@@ -66,21 +67,24 @@ def decode_sample(members: dict, min_side: int | None = None) -> dict:
                 mask=cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA))
 
 
-def iter_samples(shards_dir: str | Path, shard: str, offset: int = 0) -> Iterator[dict]:
-    """The shard's samples in order, starting at a tar offset (an index offset is a seek, not a scan)."""
-    with open(Path(shards_dir) / shard, "rb") as f:
+def iter_samples(shards_dir: str | Path, shard: str, offset: int = 0, min_side: int | None = None) -> Iterator[dict]:
+    """The shard's samples in order, starting at a tar offset (an index offset is a seek, not a scan).
+
+    `shards_dir` is a local directory or a remote prefix such as s3://bucket/shards (a ranged read).
+    """
+    with fsspec.open(f"{str(shards_dir).rstrip('/')}/{shard}", "rb") as f:
         f.seek(offset)
         members, stem = {}, None
         with tarfile.open(fileobj=f, mode="r|") as tar:
             for info in tar:
                 name_stem, ext = info.name.split(".", 1)
                 if stem is not None and name_stem != stem:
-                    yield decode_sample(members)
+                    yield decode_sample(members, min_side)
                     members = {}
                 stem = name_stem
                 members[ext] = tar.extractfile(info).read()
         if members:
-            yield decode_sample(members)
+            yield decode_sample(members, min_side)
 
 
 def read_sample(shards_dir: str | Path, shard: str, offset: int) -> dict:
@@ -102,6 +106,7 @@ def to_example(reference: dict, target: dict, kind: str, spec: ExampleSpec, rng:
     """
     if rng is not None and spec.augment is not None:
         reference, target = augment_pair(reference, target, kind, spec.augment, rng)
+
     def image(s):
         return image_tensor(s["image"], spec.resolution)
 

@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 import handloom.io
 from handloom import schema
-from handloom.datasets.sources import file_sha256
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest
 from handloom.io import atomic_path, decode_image, encode_jpeg, read_table, write_json, write_table
 from handloom.params import ShardParams
@@ -194,7 +193,8 @@ def fingerprint(dataset: str, ingest_dir: Path, annotate_dir: Path, p: ShardPara
     h = hashlib.sha256(json.dumps(dict(dataset=dataset, params=p.model_dump(exclude={"max_partners"}),
                                        opencv=cv2.__version__), sort_keys=True).encode())
     for path in (ingest_dir / schema.MANIFEST_FILE, annotate_dir / schema.ANNOTATIONS_FILE, *FORMAT_SOURCES):
-        h.update(file_sha256(path).encode())
+        with open(path, "rb") as f:
+            h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()
 
 

@@ -9,17 +9,23 @@ the tar offset of the first sequence still needed.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
-import pandas as pd
 import torch
 
 from handloom import schema
-from handloom.io import read_table
-from handloom.shards.reader import ExampleSpec, group_sequences, iter_samples, to_example
+from handloom.shards.reader import (
+    ExampleSpec,
+    group_sequences,
+    iter_samples,
+    min_decode_side,
+    partner_table,
+    to_example,
+)
+from handloom.shards.remote import read_parquet
 
 
 @dataclass(frozen=True)
@@ -31,24 +37,17 @@ class Planned:
     sequence_offset: int
 
 
-def sequence_of(keys: pd.Series) -> pd.Series:
-    return keys.str.rsplit("/", n=1).str[0]  # dataset/split/sequence: the reader's grouping
-
-
-def shard_plans(shards_dir: Path, split: str) -> dict[str, list[Planned]]:
+def shard_plans(root: str, split: str) -> dict[str, list[Planned]]:
     """Per shard, its references in tar order with the partners a pass over their sequence can pair them with."""
-    index = read_table(Path(shards_dir) / schema.INDEX_FILE).to_pandas()
+    index = read_parquet(f"{root}/{schema.INDEX_FILE}")
     index = index.loc[index.split == split, ["key", "shard", "offset"]].sort_values(["shard", "offset"])
-    index["sequence"] = sequence_of(index.key)
+    index["sequence"] = index.key.str.rsplit("/", n=1).str[0]  # dataset/split/sequence, as the reader groups
     index["sequence_offset"] = index.groupby(["shard", "sequence"]).offset.transform("min")
-    pairs = read_table(Path(shards_dir) / schema.PAIRS_FILE).to_pandas()
+    pairs = read_parquet(f"{root}/{schema.PAIRS_FILE}")
     pairs = pairs.loc[pairs.split == split, ["reference", "target", "kind"]]
     # The writer keeps a sequence inside one shard; partners elsewhere cannot be paired in one pass.
     place = index.set_index("key").shard + "/" + index.set_index("key").sequence
-    pairs = pairs[pairs.reference.map(place) == pairs.target.map(place)]
-    options: dict[str, list[tuple[str, str]]] = {}
-    for reference, target, kind in pairs[["reference", "target", "kind"]].itertuples(index=False):
-        options.setdefault(reference, []).append((target, kind))
+    options = partner_table(pairs[pairs.reference.map(place) == pairs.target.map(place)])
     plans: dict[str, list[Planned]] = {}
     for key, shard, offset in index[["key", "shard", "sequence_offset"]].itertuples(index=False):
         if key in options:
@@ -73,12 +72,13 @@ class PairStream(torch.utils.data.IterableDataset):
     def __init__(self, shards_dir: str | Path, split: str, spec: ExampleSpec, batch_size: int, seed: int = 0,
                  rank: int = 0, start_batch: int = 0, latents: Mapping[str, np.ndarray] | None = None):
         super().__init__()
-        self.shards_dir, self.spec, self.batch_size = Path(shards_dir), spec, batch_size
+        self.root, self.spec, self.batch_size = str(shards_dir).rstrip("/"), spec, batch_size  # or s3://...
         self.seed, self.rank, self.start_batch, self.latents = seed % 2**63, rank, start_batch, latents
-        self.plans = shard_plans(self.shards_dir, split)
+        self.min_side = min_decode_side(spec)  # JPEGs decode at the smallest scale that still covers it
+        self.plans = shard_plans(self.root, split)
         self.shards = sorted(self.plans)
         if not self.shards:
-            raise ValueError(f"no {split} pairs in {shards_dir}")
+            raise ValueError(f"no {split} pairs in {self.root}")
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -100,7 +100,7 @@ class PairStream(torch.utils.data.IterableDataset):
 
     def draw(self, shard: str, plan: list[Planned], start: int, seed: tuple[int, ...]) -> Iterator[dict]:
         """Examples plan[start:] of one shard, reading from the sequence that holds plan[start]."""
-        samples = iter_samples(self.shards_dir, shard, plan[start].sequence_offset)
+        samples = iter_samples(self.root, shard, plan[start].sequence_offset, self.min_side)
         e = start
         for group in group_sequences(samples):
             by_key = {s["key"]: s for s in group}

@@ -46,16 +46,22 @@ def train_config(p: TrainParams) -> TrainConfig:
 
 
 def example_spec(p: TrainParams) -> ExampleSpec:
-    """Images at p.resolution pixels; conditioning on the DiT's own grid (the latent grid with a VAE)."""
+    """Images at p.resolution pixels; conditioning on the DiT's own grid (the latent grid with a VAE).
+
+    Augmentation applies only where an rng is passed (training), never in evaluation.
+    """
     input_size, _ = model_geometry(p)
     return ExampleSpec(p.resolution, p.conditioning, p.heatmap_sigma,
-                       cond_resolution=input_size if input_size != p.resolution else None)
+                       cond_resolution=input_size if input_size != p.resolution else None, augment=p.augment)
 
 
-def train_loader(shards_dir: Path, p: TrainParams, rank: int = 0, start_batch: int = 0,
+def train_loader(shards_dir: str | Path, p: TrainParams, rank: int = 0, start_batch: int = 0,
                  latents: LatentCache | None = None) -> torch.utils.data.DataLoader:
     """Batches from `start_batch` on, the same ones an uninterrupted run would have seen (see PairStream)."""
-    dataset = PairStream(shards_dir, "train", example_spec(p), p.batch_size, p.seed, rank, start_batch, latents)
+    spec = example_spec(p)
+    if latents is not None:  # cached latents show the image as it is: a crop or flip would part them from it
+        spec = dataclasses.replace(spec, augment=None)
+    dataset = PairStream(shards_dir, "train", spec, p.batch_size, p.seed, rank, start_batch, latents)
     return torch.utils.data.DataLoader(dataset, batch_size=p.batch_size, num_workers=p.num_workers,
                                        persistent_workers=p.num_workers > 0)
 

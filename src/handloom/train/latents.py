@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +14,7 @@ from handloom import schema
 from handloom.io import atomic_path, read_table, write_json, write_table
 from handloom.model.vae import load_autoencoder
 from handloom.params import TrainParams
-from handloom.shards.reader import image_tensor, iter_samples
+from handloom.shards.reader import ExampleSpec, image_tensor, iter_samples, min_decode_side
 
 LATENTS_FILE = "latents.npy"    # float32 (N, C, h, w), row i is keys.parquet's row i
 KEYS_FILE = "keys.parquet"      # KEYS
@@ -42,11 +41,12 @@ def cache_meta(p: TrainParams) -> dict:
     return {"vae": fingerprint(p.vae_path), "resolution": p.resolution, "latent": "posterior_mean"}
 
 
-def train_samples(shards_dir: Path) -> tuple[list[str], Iterator[dict]]:
-    """The train split's keys in tar order, and its samples in the same order."""
+def train_samples(shards_dir: Path, resolution: int) -> tuple[list[str], Iterator[dict]]:
+    """The train split's keys in tar order, and its samples in the same order, decoded as the loader decodes."""
     index = read_table(shards_dir / schema.INDEX_FILE).to_pandas()
     index = index[index.split == SPLIT].sort_values(["shard", "offset"])
-    samples = (s for shard in index.shard.unique() for s in iter_samples(shards_dir, shard))
+    min_side = min_decode_side(ExampleSpec(resolution, "heatmaps42"))  # unaugmented, as cached latents must be
+    samples = (s for shard in index.shard.unique() for s in iter_samples(shards_dir, shard, min_side=min_side))
     return index.key.tolist(), samples
 
 
@@ -59,7 +59,7 @@ def encode_latents(shards_dir: Path, out_dir: Path, p: TrainParams, batch_size: 
         autoencoder = load_autoencoder(p.vae_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         autoencoder.to(device)
-        keys, samples = train_samples(shards_dir)
+        keys, samples = train_samples(shards_dir, p.resolution)
         size = autoencoder.geometry.latent_size(p.resolution)
         with atomic_path(out_dir / LATENTS_FILE) as tmp:
             latents = np.lib.format.open_memmap(tmp, "w+", np.float32, (len(keys), autoencoder.geometry.channels,

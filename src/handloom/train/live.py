@@ -30,14 +30,17 @@ def rewind_live(log_dir: Path, step: int) -> None:
 
 
 class LiveLogger(DVCLiveLogger):
-    """DVCLive's Lightning logger, logging Lightning's step 0 as 0 and syncing without a stack walk.
+    """DVCLive's Lightning logger, logging Lightning's step 0 as 0 and writing only what the pipeline reads.
 
-    DVCLive reads step 0 as "no step" and logs the first two steps both at 1; and it decides whether
-    to write metrics.json by walking inspect.stack() on every call, which costs milliseconds.
+    DVCLive reads step 0 as "no step" and logs the first two steps both at 1. Its sync walks
+    inspect.stack() to decide whether to run, then re-parses every .tsv so far for DVC Studio even
+    when Studio is off (this project is offline): a cost that grows with the run. The rows are
+    written as they are logged; metrics.json (`dvc metrics`) is all a sync needs to refresh.
     """
 
     @rank_zero_only
-    def log_metrics(self, metrics: dict, step: int | None = None, sync: bool | None = True) -> None:
+    def log_metrics(self, metrics: dict, step: int | None = None, sync: bool | None = None) -> None:
         if step == 0:
             self.experiment.step = -1  # DVCLive adds 1 when the step is falsy
-        FabricDVCLiveLogger.log_metrics(self, metrics, step, sync=True)
+        FabricDVCLiveLogger.log_metrics(self, metrics, step, sync=False)
+        self.experiment.make_summary()

@@ -271,9 +271,10 @@ class HandDiffusionModule(L.LightningModule):
         # comes after this step's grid: a run killed in between resumes past a grid it has written.
         super().optimizer_step(*args, **kwargs)
         self.update_ema()
+        step = self.global_step + 1  # Lightning counts the step once this hook returns
         n = self.config.sample_every_n_steps
-        if n and self.global_step % n == 0:
-            self.log_samples(self._step_batch)
+        if n and step % n == 0:
+            self.log_samples(self._step_batch, step)
         self._step_batch = None
 
     @torch.no_grad()
@@ -303,7 +304,7 @@ class HandDiffusionModule(L.LightningModule):
                                              clip_denoised=self.autoencoder is None)
         return self.decode(latents).clamp(-1, 1)
 
-    def log_samples(self, batch: dict) -> None:
+    def log_samples(self, batch: dict, step: int) -> None:
         """A grid of EMA samples through the logger, if it takes images (DVCLive's Live.log_image)."""
         log_image = getattr(getattr(self.logger, "experiment", None), "log_image", None)
         if log_image is None or not self.trainer.is_global_zero:
@@ -311,4 +312,4 @@ class HandDiffusionModule(L.LightningModule):
         c = self.config
         batch = {k: v[: c.sample_count] for k, v in batch.items()}
         generated = self.sample(batch, c.sample_steps, c.appearance_scale, c.pose_scale, c.sample_seed)
-        log_image(f"samples/{self.global_step}.png", sample_grid(batch, generated))
+        log_image(f"samples/{step}.png", sample_grid(batch, generated))

@@ -1,0 +1,59 @@
+"""The papers' quality filters (MediaPipe score, mask area, agreement with ground truth) and per-dataset agreement."""
+from __future__ import annotations
+
+import numpy as np
+
+from handloom.annotate.keypoints import HandDetection
+from handloom.params import AnnotateParams
+from handloom.schema import Reject
+
+AGREEMENT_THRESHOLD = 0.2  # a joint agrees within 0.2 x its hand's box side (PCK@0.2)
+
+
+def detection_score(detection: HandDetection) -> float:
+    """The weakest found hand's score; 0 when MediaPipe found none."""
+    found = [s for s in detection.scores if s > 0]
+    return min(found) if found else 0.0
+
+
+def gt_disagreement(mp_keypoints: np.ndarray, gt_keypoints: np.ndarray) -> float:
+    """Share of the joints seen in both that lie further than 0.2 x box from ground truth; NaN if none are."""
+    from handloom.evaluate.metrics import pck  # torch: kept out of the pool workers' imports
+
+    return 1 - pck(mp_keypoints, gt_keypoints, AGREEMENT_THRESHOLD)
+
+
+def keypoint_reject(detection: HandDetection, gt: np.ndarray | None, p: AnnotateParams) -> tuple[str, str] | None:
+    """(reason, detail) when MediaPipe's reading of an image is not good enough, else None.
+
+    Without ground truth the sample's keypoints are MediaPipe's, so its score decides; with ground truth the
+    keypoints are exact or the label is wrong, which disagreement with MediaPipe reveals. A hand MediaPipe did
+    not find (or put on the other side) cannot disagree: images it misses are not held against the dataset.
+    """
+    if gt is None:
+        score = detection_score(detection)
+        return (Reject.LOW_DETECTION_SCORE, f"MediaPipe score {score:.3f} < {p.min_mp_score}") \
+            if score < p.min_mp_score else None
+    off = gt_disagreement(detection.keypoints, gt)
+    return (Reject.GT_DISAGREEMENT, f"{off:.3f} of joints off ground truth > {p.max_gt_disagreement}") \
+        if off > p.max_gt_disagreement else None  # NaN > x is False
+
+
+def mask_reject(area: int, p: AnnotateParams) -> tuple[str, str] | None:
+    return (Reject.SMALL_MASK, f"{area} px < {p.min_mask_area}") if area < p.min_mask_area else None
+
+
+def agreement(pred: list[np.ndarray], gt: list[np.ndarray]) -> dict:
+    """MediaPipe against ground truth over a dataset: detection rate, PCK@0.1 and @0.2 of the hand box."""
+    from handloom.evaluate.metrics import detection_rate, pck
+
+    if not gt:
+        return {}
+    pred, gt = np.stack(pred), np.stack(gt)
+    return dict(detection_rate=_value(detection_rate(pred, gt)), pck_0_1=_value(pck(pred, gt, 0.1)),
+                pck_0_2=_value(pck(pred, gt, 0.2)))
+
+
+def _value(x: float) -> float | None:
+    """Four decimals for the reports; None (JSON null) where nothing could be measured."""
+    return None if np.isnan(x) else round(float(x), 4)
