@@ -28,6 +28,10 @@ test: setup
 test-slow: setup
 	pytest -q -m slow
 
+# Every ratio benchmark side by side; figures land in benchmarks/results.json and benchmarks/README.md.
+bench: setup
+	python benchmarks/run.py
+
 # Markdown comparison of the workspace's metrics, params and figures with BASE (default HEAD~1).
 BASE ?= HEAD~1
 report-diff: setup

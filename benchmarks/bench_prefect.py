@@ -84,11 +84,6 @@ def cpu_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def dvc_repro(repo: Path) -> None:
-    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=ENV, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def child(*args) -> dict:
     """A run in its own process, timed there: Prefect flushes its logs and events to the server at exit,
     so the process must end while the server is up, and its import is no part of the flow's time."""
@@ -119,38 +114,54 @@ def run_child(kind: str, *args: str) -> None:
     print(json.dumps(dict(seconds=seconds, result=result)))
 
 
-def flow_run(repo: Path) -> dict:
-    run = child("flow", repo)
-    print("  " + ", ".join(f"{s} {o['status']} {o['seconds']:.1f} s" for s, o in run["result"].items()), flush=True)
-    return run
+def launch(args: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, float]:
+    with open(log, "w") as out:
+        return subprocess.Popen(args, cwd=cwd, env=dict(os.environ, **ENV), stdout=out, stderr=subprocess.STDOUT), \
+            time.perf_counter()
 
 
-def bench_pipeline(tmp: Path, rounds: int) -> Path:
-    """Alternating order across rounds, so neither side always runs on a warmer machine."""
-    ratios, ingested = [], None
+def reap(proc: subprocess.Popen, started: float) -> tuple[float, float]:
+    """(wall, CPU) seconds of one process and everything it started; wait4 keeps concurrent runs apart."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime
+
+
+def bench_pipeline(tmp: Path, rounds: int, paired: bool) -> Path:
+    """`dvc repro` in one fresh clone, the flow in another. Paired (the default) starts both at once, so
+    the load other users put on a shared machine falls on both alike; otherwise they take turns, in
+    alternating order across rounds."""
+    ratios = []
     for r in range(rounds):
         plain, flow = workspace(tmp / f"dvc-{r}"), workspace(tmp / f"flow-{r}")
-        sides = [("dvc repro", dvc_repro, plain), ("flow", flow_run, flow)]
-        times, cpu = {}, {}
-        for name, fn, repo in sides if r % 2 == 0 else sides[::-1]:
-            before, load = cpu_of_children(), os.getloadavg()[0]
-            times[name], result = timed(fn, repo)
-            cpu[name] = cpu_of_children() - before
-            print(f"round {r}: {name:9s} {times[name]:8.1f} s wall (whole process), {cpu[name]:8.1f} s CPU, "
-                  f"load {load:.1f} -> {os.getloadavg()[0]:.1f}", flush=True)
-            if name == "flow":  # the flow run itself, as Prefect times it: no interpreter start, no imports
-                times["flow run"] = result["seconds"]
-                print(f"round {r}: flow run  {times['flow run']:8.1f} s (the flow call)", flush=True)
-        ratios.append(times["flow run"] / times["dvc repro"])
-        print(f"round {r}: flow run / dvc repro = {ratios[-1]:.3f} (overhead {100 * (ratios[-1] - 1):+.1f} %); "
-              f"whole flow process / dvc repro = {times['flow'] / times['dvc repro']:.3f}; "
-              f"CPU time flow / dvc repro = {cpu['flow'] / cpu['dvc repro']:.3f}", flush=True)
+        runs = {"dvc repro": ([sys.executable, "-m", "dvc", "repro"], plain),
+                "flow": ([sys.executable, __file__, "--child", "flow", str(flow)], flow)}
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+        load, wall, cpu = os.getloadavg()[0], {}, {}
+        if paired:
+            procs = {name: launch(*runs[name], tmp / f"{name.replace(' ', '-')}-{r}.log") for name in order}
+            for name, (proc, started) in procs.items():
+                wall[name], cpu[name] = reap(proc, started)
+        else:
+            for name in order:
+                wall[name], cpu[name] = reap(*launch(*runs[name], tmp / f"{name.replace(' ', '-')}-{r}.log"))
+        result = json.loads((tmp / f"flow-{r}.log").read_text().strip().splitlines()[-1])
+        print("  flow stages: " + ", ".join(f"{s} {o['status']} {o['seconds']:.1f} s" for s, o in result["result"].items()))
+        for name in order:
+            print(f"round {r}: {name:9s} {wall[name]:8.1f} s wall, {cpu[name]:8.1f} s CPU (whole process tree)")
+        print(f"round {r}: flow run  {result['seconds']:8.1f} s wall (the flow call: no interpreter start, no imports)")
+        ratios.append(result["seconds"] / wall["dvc repro"])
+        print(f"round {r} ({'paired' if paired else 'in turn'}, load {load:.1f} -> {os.getloadavg()[0]:.1f}): "
+              f"flow run / dvc repro = {ratios[-1]:.3f} (overhead {100 * (ratios[-1] - 1):+.1f} %); "
+              f"whole flow process / dvc repro = {wall['flow'] / wall['dvc repro']:.3f}; "
+              f"CPU flow / dvc repro = {cpu['flow'] / cpu['dvc repro']:.3f}", flush=True)
         same = [p for p in ("reports/metrics.json", "reports/data/synthetic.json")
                 if (plain / p).exists() and filecmp.cmp(plain / p, flow / p, shallow=False)]
-        print(f"  identical in both workspaces: {', '.join(same) or 'none checked'}", flush=True)
-        ingested = plain / "data/ingest/synthetic"
+        print(f"  identical in both workspaces: {', '.join(same) or 'none'}", flush=True)
     print(f"flow run / dvc repro over {rounds} round(s): {', '.join(f'{x:.3f}' for x in ratios)}", flush=True)
-    return ingested
+    return plain / "data/ingest/synthetic"
 
 
 def bench_fanout(tmp: Path, ingest_dir: Path, chunk_size: int, rounds: int) -> None:
@@ -179,6 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--skip-pipeline", action="store_true", help="only the Dask fan-out (ingests first)")
+    ap.add_argument("--in-turn", action="store_true", help="dvc repro and the flow one after the other, not paired")
     ap.add_argument("--chunk-size", type=int, default=64)
     ap.add_argument("--dask-rounds", type=int, default=3, help="1 and 2 workers alternately; the best of each counts")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -192,7 +204,7 @@ def main() -> None:
         with prefect_server(tmp / "prefect") as api:
             os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "prefect"), **{
                 k: v for k, v in ENV.items() if k in ("DO_NOT_TRACK", "DVC_NO_ANALYTICS", "HF_HUB_OFFLINE")})
-            ingested = ingest_only(tmp) if args.skip_pipeline else bench_pipeline(tmp, args.rounds)
+            ingested = ingest_only(tmp) if args.skip_pipeline else bench_pipeline(tmp, args.rounds, not args.in_turn)
             bench_fanout(tmp, ingested, args.chunk_size, args.dask_rounds)
     print(json.dumps({"cores": os.cpu_count(), "load_avg": os.getloadavg()}))
 

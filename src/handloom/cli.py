@@ -95,6 +95,9 @@ def generate_command(args, g) -> int:
     batch = args.pairs is not None or (args.reference is not None and args.reference.is_dir())
     if args.pairs is None and (args.reference is None or args.target is None):
         raise g.GenerateError("give --reference and --target, or --pairs")
+    if batch and (args.reference_keypoints or args.reference_mask):
+        raise g.GenerateError("--reference-keypoints and --reference-mask are for one reference; a --pairs list "
+                              "has a reference_keypoints column")
     params_path = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
     params = load_params(params_path) if params_path else Params()
     model = g.load_generator(args.checkpoint, params.train, args.device)
