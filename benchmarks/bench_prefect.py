@@ -21,13 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULT = "bench-result:"  # marks the line a child prints for the parent, among Prefect's logs
 ENV = dict(os.environ, DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
            HF_HUB_OFFLINE="1", PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
 
@@ -64,11 +66,16 @@ def prefect_server(home: Path):
             time.sleep(1)
         yield api
     finally:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in tree:
-            p.terminate()
-        psutil.wait_procs(tree, timeout=20)
+        stop([psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)])
         log.close()
+
+
+def stop(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        with suppress(psutil.NoSuchProcess):
+            p.terminate()
+    for p in psutil.wait_procs(procs, timeout=20)[1]:
+        p.kill()
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, object]:
@@ -91,7 +98,11 @@ def child(*args) -> dict:
                          capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{args[0]} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return last_result(out.stdout)
+
+
+def last_result(output: str) -> dict:
+    return json.loads([line for line in output.splitlines() if line.startswith(RESULT)][-1][len(RESULT):])
 
 
 def run_child(kind: str, *args: str) -> None:
@@ -111,7 +122,7 @@ def run_child(kind: str, *args: str) -> None:
                                 ingest_dir=ingest_dir, out_dir=f"{out}/annotations", stats_path=f"{out}/stats.json",
                                 parts_dir=f"{out}/parts", p=load_params(ROOT / "params.yaml").annotate,
                                 chunk_size=int(chunk_size))
-    print(json.dumps(dict(seconds=seconds, result=result)))
+    print(RESULT, json.dumps(dict(seconds=seconds, result=result)), flush=True)
 
 
 def launch(args: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, float]:
@@ -140,14 +151,17 @@ def bench_pipeline(tmp: Path, rounds: int, paired: bool) -> Path:
                 "flow": ([sys.executable, __file__, "--child", "flow", str(flow)], flow)}
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]
         load, wall, cpu = os.getloadavg()[0], {}, {}
-        if paired:
-            procs = {name: launch(*runs[name], tmp / f"{name.replace(' ', '-')}-{r}.log") for name in order}
-            for name, (proc, started) in procs.items():
-                wall[name], cpu[name] = reap(proc, started)
+        logs = {name: tmp / f"{name.replace(' ', '-')}-{r}.log" for name in order}
+        if paired:  # one waiting thread each, so each wall time ends when its own process does
+            procs = {name: launch(*runs[name], logs[name]) for name in order}
+            with ThreadPoolExecutor(len(procs)) as pool:
+                done = {name: pool.submit(reap, *procs[name]) for name in order}
+            for name, future in done.items():
+                wall[name], cpu[name] = future.result()
         else:
             for name in order:
-                wall[name], cpu[name] = reap(*launch(*runs[name], tmp / f"{name.replace(' ', '-')}-{r}.log"))
-        result = json.loads((tmp / f"flow-{r}.log").read_text().strip().splitlines()[-1])
+                wall[name], cpu[name] = reap(*launch(*runs[name], logs[name]))
+        result = last_result((tmp / f"flow-{r}.log").read_text())
         print("  flow stages: " + ", ".join(f"{s} {o['status']} {o['seconds']:.1f} s" for s, o in result["result"].items()))
         for name in order:
             print(f"round {r}: {name:9s} {wall[name]:8.1f} s wall, {cpu[name]:8.1f} s CPU (whole process tree)")
@@ -201,11 +215,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-prefect-") as tmp:
         tmp = Path(tmp)
         (tmp / "prefect").mkdir()
-        with prefect_server(tmp / "prefect") as api:
-            os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "prefect"), **{
-                k: v for k, v in ENV.items() if k in ("DO_NOT_TRACK", "DVC_NO_ANALYTICS", "HF_HUB_OFFLINE")})
-            ingested = ingest_only(tmp) if args.skip_pipeline else bench_pipeline(tmp, args.rounds, not args.in_turn)
-            bench_fanout(tmp, ingested, args.chunk_size, args.dask_rounds)
+        try:
+            with prefect_server(tmp / "prefect") as api:
+                os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "prefect"), **{
+                    k: v for k, v in ENV.items() if k in ("DO_NOT_TRACK", "DVC_NO_ANALYTICS", "HF_HUB_OFFLINE")})
+                ingested = ingest_only(tmp) if args.skip_pipeline else bench_pipeline(tmp, args.rounds, not args.in_turn)
+                bench_fanout(tmp, ingested, args.chunk_size, args.dask_rounds)
+        finally:  # a failed run may leave its paired neighbour running: stop all this started
+            stop(psutil.Process().children(recursive=True))
     print(json.dumps({"cores": os.cpu_count(), "load_avg": os.getloadavg()}))
 
 

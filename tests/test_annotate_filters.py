@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from handloom import schema
-from handloom.annotate import pipeline
+from handloom.annotate import pipeline, quality
 from handloom.annotate.keypoints import HandDetection
 from handloom.datasets.store import DatasetWriter, read_rejects
 from handloom.io import read_table
@@ -88,3 +88,12 @@ def test_stats_count_rejects_by_reason_and_measure_agreement(dataset):
                                 schema.Reject.SMALL_MASK: 1}
     # Over the annotated samples with ground truth: agrees (2 px off a 60 px hand), missed and no_mask (exact).
     assert stats["detection_rate"] == 0.6667 and stats["pck_0_1"] == stats["pck_0_2"] == 1.0
+
+
+def test_where_the_dataset_does_not_say_which_hand_mediapipe_side_is_not_held_against_it():
+    gt, mp = hand(10), schema.empty_keypoints()
+    mp[21:] = hand(11)[:21]  # the same hand, which MediaPipe calls a left one
+    assert quality.comparable(mp, gt, sides_known=True) is mp
+    assert np.array_equal(quality.comparable(mp, gt, sides_known=False)[:21], hand(11)[:21])
+    far = hand(40)
+    assert quality.comparable(far, gt, sides_known=False) is far  # nothing agrees better swapped

@@ -1,6 +1,7 @@
 """DDP on the CPU: two gloo processes train through the real train stage on uneven shards without hanging."""
 import subprocess
 
+import pytest
 import torch
 from train_project import toy_shards, train_project, train_stage
 
@@ -16,6 +17,7 @@ def test_trainer_settings_come_from_params():
     assert trainer_options(TrainParams(precision="bf16-mixed"))["precision"] == "bf16-mixed"
 
 
+@pytest.mark.slow  # 25 s on two busy cores, 90 s on very busy ones: two processes importing torch and Lightning
 def test_two_ranks_on_uneven_shards_finish(toy_dataset, tmp_path):
     shards = toy_shards(toy_dataset)
     sizes = read_table(shards / "index.parquet").to_pandas().query("split == 'train'").groupby("shard").size()

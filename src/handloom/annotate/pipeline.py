@@ -46,6 +46,10 @@ class Sample:
     mask_area: int = 0
 
     @property
+    def sides_known(self) -> bool:
+        return sides_known(self.record.metadata)
+
+    @property
     def prompt(self) -> np.ndarray:
         """The keypoints a mask is drawn from: the dataset's when it has them, else MediaPipe's."""
         return self.gt if self.gt is not None else self.detection.keypoints
@@ -72,7 +76,7 @@ def annotate_images(images: list[tuple[str, bytes, bytes | None]], manifest, p: 
     samples = read_samples(images, manifest, rejects)
     for sample, detection in zip(samples, keypoints_of(samples, p, cache)):
         sample.detection = detection
-    samples = screen(samples, rejects, lambda s: quality.keypoint_reject(s.detection, s.gt, p))
+    samples = screen(samples, rejects, lambda s: quality.keypoint_reject(s.detection, s.gt, s.sides_known, p))
     samples = screen(samples, rejects, lambda s: choose_mask_backend(s, p))
     masks_of(samples, p, cache)
     samples = screen(samples, rejects, lambda s: quality.mask_reject(s.mask_area, p))
@@ -209,6 +213,11 @@ def captions_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache
     return "llava", [data.decode() for data in found]
 
 
+def sides_known(metadata: str) -> bool:
+    """Whether the dataset says which hand is which (ingest writes [] where it does not)."""
+    return bool(json.loads(metadata).get("handedness"))
+
+
 def metadata_caption(s: Sample) -> str:
     metadata = json.loads(s.record.metadata)
     handedness = metadata.get("handedness") or list(s.detection.handedness)  # [] = the dataset does not say
@@ -230,6 +239,8 @@ def dataset_stats(n_images: int, rows: list[dict], rejects: list[dict], manifest
     stats = dict(images=n_images, annotated=len(rows), rejected=len(rejects),
                  rejects=dict(sorted(Counter(r["reason"] for r in rejects).items())),
                  hands_detected=int(sum(np.count_nonzero(r["mp_scores"]) for r in rows)))
-    pairs = [(keypoints_array(r["mp_keypoints"]), gt) for r in rows
-             if (gt := keypoints_array(manifest.loc[r["key"]].gt_keypoints)) is not None]
+    records = manifest.loc[[r["key"] for r in rows]]
+    pairs = [(quality.comparable(keypoints_array(r["mp_keypoints"]), gt, sides_known(record.metadata)), gt)
+             for r, record in zip(rows, records.itertuples())
+             if (gt := keypoints_array(record.gt_keypoints)) is not None]
     return stats | quality.agreement(*map(list, zip(*pairs))) if pairs else stats

@@ -5,7 +5,7 @@ import numpy as np
 
 from handloom.annotate.keypoints import HandDetection
 from handloom.params import AnnotateParams
-from handloom.schema import Reject
+from handloom.schema import JOINTS_PER_HAND, Reject
 
 AGREEMENT_THRESHOLD = 0.2  # a joint agrees within 0.2 x its hand's box side (PCK@0.2)
 
@@ -23,18 +23,36 @@ def gt_disagreement(mp_keypoints: np.ndarray, gt_keypoints: np.ndarray) -> float
     return 1 - pck(mp_keypoints, gt_keypoints, AGREEMENT_THRESHOLD)
 
 
-def keypoint_reject(detection: HandDetection, gt: np.ndarray | None, p: AnnotateParams) -> tuple[str, str] | None:
+def comparable(mp_keypoints: np.ndarray, gt_keypoints: np.ndarray, sides_known: bool) -> np.ndarray:
+    """MediaPipe's keypoints as compared with ground truth. Datasets that do not say which hand is which
+    (OneHand10K) put it in the first block by convention, so there MediaPipe's two blocks are swapped when
+    that makes more joints agree: its handedness is not held against a label that does not exist."""
+    if sides_known:
+        return mp_keypoints
+    swapped = np.concatenate([mp_keypoints[JOINTS_PER_HAND:], mp_keypoints[:JOINTS_PER_HAND]])
+    return max((mp_keypoints, swapped), key=lambda k: _agreeing_joints(k, gt_keypoints))
+
+
+def _agreeing_joints(mp_keypoints: np.ndarray, gt_keypoints: np.ndarray) -> tuple[float, int]:
+    """(joints within 0.2 x box, joints seen in both)."""
+    counted = int(np.sum((mp_keypoints[:, 2] > 0) & (gt_keypoints[:, 2] > 0)))
+    return (1 - gt_disagreement(mp_keypoints, gt_keypoints)) * counted if counted else 0.0, counted
+
+
+def keypoint_reject(detection: HandDetection, gt: np.ndarray | None, sides_known: bool,
+                    p: AnnotateParams) -> tuple[str, str] | None:
     """(reason, detail) when MediaPipe's reading of an image is not good enough, else None.
 
     Without ground truth the sample's keypoints are MediaPipe's, so its score decides; with ground truth the
     keypoints are exact or the label is wrong, which disagreement with MediaPipe reveals. A hand MediaPipe did
-    not find (or put on the other side) cannot disagree: images it misses are not held against the dataset.
+    not find (or, where sides are known, put on the other side) cannot disagree: images it misses are not held
+    against the dataset.
     """
     if gt is None:
         score = detection_score(detection)
         return (Reject.LOW_DETECTION_SCORE, f"MediaPipe score {score:.3f} < {p.min_mp_score}") \
             if score < p.min_mp_score else None
-    off = gt_disagreement(detection.keypoints, gt)
+    off = gt_disagreement(comparable(detection.keypoints, gt, sides_known), gt)
     return (Reject.GT_DISAGREEMENT, f"{off:.3f} of joints off ground truth > {p.max_gt_disagreement}") \
         if off > p.max_gt_disagreement else None  # NaN > x is False
 
