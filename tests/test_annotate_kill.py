@@ -13,8 +13,8 @@ import pytest
 from conftest import write_toy_dataset
 
 PROJECT = Path(__file__).resolve().parents[1]
-SPECS = [("train", f"seq{s}", f, c) for s in range(12) for f in range(4) for c in "01"]  # 96 images, 3 chunks
-PARAMS = "annotate:\n  workers: 2\n  mask_backend: grabcut\n  min_mask_area: 0\n"  # chunks of 32 images
+SPECS = [("train", f"seq{s}", f, c) for s in range(20) for f in range(4) for c in "01"]  # 160 images, 3 chunks
+PARAMS = "annotate:\n  workers: 2\n  mask_backend: grabcut\n  min_mask_area: 0\n"  # chunks of 64 images
 OUTPUTS = ("data/annotations/toy/annotations.parquet", "data/annotations/toy/rejects.parquet", "reports/data/toy.json")
 
 

@@ -25,9 +25,9 @@ from handloom.io import decode_image, encode_png, sha256, write_table
 from handloom.params import AnnotateParams
 
 KEYPOINT_BACKEND = "mediapipe-0.10.21"
-# Images per chunk and pool worker: enough that the workers rarely wait on each other at a chunk's end, few
+# Images per chunk: at least 16 per pool worker, so they rarely wait on each other at a chunk's end, and few
 # enough that decoded pixels stay small and a killed run loses little (the cache is written chunk by chunk).
-CHUNK_PER_WORKER = 16
+MIN_CHUNK, CHUNK_PER_WORKER = 64, 16
 
 
 @dataclass
@@ -61,7 +61,7 @@ def annotate_dataset(ingest_dir: Path, out_dir: Path, p: AnnotateParams) -> dict
     images = iter_images(ingest_dir)
     rows, rejects = [], []
     with worker_pool(p.workers), tqdm(total=len(manifest), desc=f"annotate {Path(ingest_dir).name}", unit="img") as bar:
-        while chunk := list(islice(images, CHUNK_PER_WORKER * pool_size(p.workers))):
+        while chunk := list(islice(images, max(MIN_CHUNK, CHUNK_PER_WORKER * pool_size(p.workers)))):
             chunk_rows, chunk_rejects = annotate_images(chunk, manifest, p)
             rows += chunk_rows
             rejects += chunk_rejects
@@ -77,7 +77,7 @@ def annotate_images(images: list[tuple[str, bytes, bytes | None]], manifest, p: 
     for sample, detection in zip(samples, keypoints_of(samples, p, cache)):
         sample.detection = detection
     samples = screen(samples, rejects, lambda s: quality.keypoint_reject(s.detection, s.gt, s.sides_known, p))
-    samples = screen(samples, rejects, lambda s: choose_mask_backend(s, p))
+    samples = screen(samples, rejects, lambda s: missing_mask(s, p))
     masks_of(samples, p, cache)
     samples = screen(samples, rejects, lambda s: quality.mask_reject(s.mask_area, p))
     backend, captions = captions_of(samples, p, cache)
@@ -156,16 +156,16 @@ def detection_from(keypoints: np.ndarray) -> HandDetection:
     return HandDetection(keypoints, tuple(h for h, s in zip(schema.HANDS, scores) if s), scores)
 
 
-def choose_mask_backend(s: Sample, p: AnnotateParams) -> tuple[str, str] | None:
-    """auto: the dataset's exact mask, else SAM with a checkpoint, else GrabCut. Rejects a sample that lacks the
-    ground-truth mask asked for."""
-    if p.mask_backend == "auto":
-        s.mask_backend = "ground_truth" if s.gt_mask_png is not None else "sam" if p.sam_checkpoint else "grabcut"
-    else:
-        s.mask_backend = p.mask_backend
-    if s.mask_backend == "sam":
-        s.mask_backend = f"sam-{p.sam_model_type}"
-    if s.mask_backend == "ground_truth" and s.gt_mask_png is None:
+def mask_backend(s: Sample, p: AnnotateParams) -> str:
+    """auto: the dataset's exact mask, else SAM with a checkpoint, else GrabCut."""
+    backend = p.mask_backend
+    if backend == "auto":
+        backend = "ground_truth" if s.gt_mask_png is not None else "sam" if p.sam_checkpoint else "grabcut"
+    return f"sam-{p.sam_model_type}" if backend == "sam" else backend
+
+
+def missing_mask(s: Sample, p: AnnotateParams) -> tuple[str, str] | None:
+    if mask_backend(s, p) == "ground_truth" and s.gt_mask_png is None:
         return schema.Reject.MISSING_FIELD, "mask_backend ground_truth, but the dataset has no mask for it"
     return None
 
@@ -175,9 +175,10 @@ def prompt_hash(s: Sample) -> str:
 
 
 def masks_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -> None:
-    """Fill in each sample's mask (PNG and area) from the backend choose_mask_backend picked."""
+    """Fill in each sample's mask: backend, PNG and area."""
     by_backend: dict[str, list[Sample]] = {}
     for s in samples:
+        s.mask_backend = mask_backend(s, p)
         by_backend.setdefault(s.mask_backend, []).append(s)
     for backend, group in by_backend.items():
         if backend == "ground_truth":

@@ -16,6 +16,7 @@ from handloom.evaluate import metrics
 from handloom.io import atomic_path, read_table
 from handloom.params import EvaluateParams, TrainParams
 from handloom.shards.reader import read_sample, to_example
+from handloom.model.vae import load_autoencoder
 from handloom.train.fit import example_spec, load_module, train_config
 from handloom.train.module import HandDiffusionModule, to_uint8_image
 
@@ -92,9 +93,10 @@ def round_floats(d):
 def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainParams, p: EvaluateParams) -> dict:
     pairs = choose_pairs(shards_dir, p.n_pairs, p.seed)
     batch, target_keypoints = load_examples(shards_dir, pairs, train_p)
-    trained = load_module(models_dir)
+    autoencoder = load_autoencoder(train_p.vae_path)  # a latent model samples latents; score decoded images
+    trained = load_module(models_dir, autoencoder=autoencoder)
     L.seed_everything(train_p.seed)
-    untrained = HandDiffusionModule(train_config(train_p)).eval()
+    untrained = HandDiffusionModule(train_config(train_p), autoencoder=autoencoder).eval()
     generate = dict(steps=p.sample_steps, appearance_scale=p.appearance_scale, pose_scale=p.pose_scale, seed=p.seed)
     generated, baseline = trained.sample(batch, **generate), untrained.sample(batch, **generate, use_ema=False)
     images = {"reference": batch["reference"], "target": batch["target"], "generated": generated, "untrained": baseline}
