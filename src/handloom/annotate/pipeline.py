@@ -244,4 +244,4 @@ def dataset_stats(n_images: int, rows: list[dict], rejects: list[dict], manifest
     pairs = [(quality.comparable(keypoints_array(r["mp_keypoints"]), gt, sides_known(record.metadata)), gt)
              for r, record in zip(rows, records.itertuples())
              if (gt := keypoints_array(record.gt_keypoints)) is not None]
-    return stats | quality.agreement(*map(list, zip(*pairs))) if pairs else stats
+    return stats | quality.agreement([mp for mp, _ in pairs], [gt for _, gt in pairs])
