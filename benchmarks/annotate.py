@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import record
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results.json"
 DATA = dict(n_sequences=4, n_frames=6, n_cameras=3)  # 72 rendered images at 256 px, every one distinct
 
 
@@ -161,11 +162,7 @@ def main() -> None:
               f"synthetic images at 256 px ({DATA})",
         cpus=os.cpu_count(), load_average_at_start=load, command="python benchmarks/annotate.py")
     print(json.dumps(result, indent=2))
-    from handloom.io import write_json
-
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["annotate"] = result  # other benchmarks own the other keys
-    write_json(RESULTS, results)
+    record("annotate", result)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

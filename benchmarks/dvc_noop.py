@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from handloom.io import write_json  # noqa: E402
+from record import record  # noqa: E402
 
 N_SHARDS = 1000
 STAGE = f"""\
@@ -62,10 +61,7 @@ def main() -> None:
         times = time_noop(shard_repo(Path(tmp)))
     result = dict(command="python benchmarks/dvc_noop.py", shards=N_SHARDS, noop_repro_s=round(statistics.median(times), 3),
                   runs_s=[round(t, 3) for t in times], under_2s=statistics.median(times) < 2.0)
-    results_file = ROOT / "benchmarks" / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results["dvc_noop"] = result
-    write_json(results_file, results)
+    record("dvc_noop", result)
     print(json.dumps(result, indent=2))
 
 

@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import record
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results.json"
 BASE = dict(n_sequences=2, n_frames=6, n_cameras=3)  # 36 rendered images
 COPIES = {"1x": 12, "10x": 120}                      # 432 (the default dataset's size) and 4320 samples
 MAX_SAMPLES = 64                                     # per shard: 6 and 60 shards (4 sequences each)
@@ -182,11 +183,7 @@ def main() -> None:
               f"section sets them; shards of {MAX_SAMPLES} samples at 256 px; throughput on the 10x shards",
         cpus=os.cpu_count(), load_average_at_start=load, command="python benchmarks/loader.py")
     print(json.dumps(result, indent=2))
-    from handloom.io import write_json
-
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["loader"] = result  # other benchmarks own the other keys
-    write_json(RESULTS, results)
+    record("loader", result)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Writes benchmarks/results.json: "train_step" (CPU), "train_step_gpu" (--gpu), me
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,8 +25,8 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from record import record
 
-from handloom.io import write_json
 from handloom.model.dit import dit_size
 from handloom.params import TrainParams, load_params
 from handloom.schema import FLAG
@@ -37,7 +36,6 @@ from handloom.train.live import LiveLogger
 from handloom.train.module import HandDiffusionModule, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results.json"
 # Dense bf16 peak FLOP/s by device name (no sparsity), from the vendors' data sheets.
 PEAK_BF16 = {"H200": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
              "L40S": 362e12}  # first match wins: the specific names come first
@@ -214,13 +212,6 @@ def gpu_benchmark(args) -> dict:
     return result
 
 
-def merge_results(key: str, value: dict) -> None:
-    """Read, update one key, write atomically: other benchmarks keep their entries."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[key] = value
-    write_json(RESULTS, results)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gpu", action="store_true", help="MFU of DiT-B/2 and DiT-XL/2 in bf16 on the GPU")
@@ -233,9 +224,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gpu:
-        merge_results("train_step_gpu", gpu_benchmark(args))
+        record("train_step_gpu", gpu_benchmark(args))
     else:
-        merge_results("train_step", cpu_benchmark(args))
+        record("train_step", cpu_benchmark(args))
 
 
 if __name__ == "__main__":
