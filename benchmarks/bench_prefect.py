@@ -109,7 +109,7 @@ def run_child(kind: str, *args: str) -> None:
     if kind == "flow":
         from handloom.orchestrate.flows import pipeline
 
-        seconds, state = timed(pipeline, repo=args[0], return_state=True)
+        seconds, state = timed(pipeline, repo=args[0], targets=list(args[1:]) or None, return_state=True)
         if not state.is_completed():
             raise SystemExit(f"flow failed: {state.message}")
         result = state.result()
@@ -175,7 +175,39 @@ def bench_pipeline(tmp: Path, rounds: int, paired: bool) -> Path:
                 if (plain / p).exists() and filecmp.cmp(plain / p, flow / p, shallow=False)]
         print(f"  identical in both workspaces: {', '.join(same) or 'none'}", flush=True)
     print(f"flow run / dvc repro over {rounds} round(s): {', '.join(f'{x:.3f}' for x in ratios)}", flush=True)
+    noop = bench_noop(tmp, plain, flow)
+    print(f"orchestration overhead = no-op difference / full dvc repro = {noop:.1f} s / {wall['dvc repro']:.1f} s "
+          f"= {100 * noop / wall['dvc repro']:.2f} %", flush=True)
+    bench_annotate_stage(tmp, plain, flow)
     return plain / "data/ingest/synthetic"
+
+
+def in_turn(tmp: Path, label: str, plain_args: list[str], plain: Path, flow_args: list[str], flow: Path) -> dict:
+    """`dvc <plain_args>` in `plain` and the flow child in `flow`, one after the other; wall seconds each."""
+    wall = {}
+    wall["dvc"], _ = reap(*launch([sys.executable, "-m", "dvc", *plain_args], plain, tmp / f"{label}-dvc.log"))
+    reap(*launch([sys.executable, __file__, "--child", "flow", str(flow), *flow_args], flow, tmp / f"{label}-flow.log"))
+    wall["flow"] = last_result((tmp / f"{label}-flow.log").read_text())["seconds"]
+    return wall
+
+
+def bench_noop(tmp: Path, plain: Path, flow: Path) -> float:
+    """Both workspaces up to date: what is left is the orchestration itself, with no stage's noise on it."""
+    wall = in_turn(tmp, "noop", ["repro"], plain, [], flow)
+    print(f"no-op (every stage up to date): dvc repro {wall['dvc']:.1f} s, flow run {wall['flow']:.1f} s", flush=True)
+    return wall["flow"] - wall["dvc"]
+
+
+def bench_annotate_stage(tmp: Path, plain: Path, flow: Path) -> None:
+    """annotate@synthetic alone, its outputs removed: the stage's process pool against the Dask fan-out
+    (no run cache, so both really annotate)."""
+    for repo in (plain, flow):
+        shutil.rmtree(repo / "data/annotations/synthetic")
+        (repo / "reports/data/synthetic.json").unlink()
+    wall = in_turn(tmp, "annotate", ["repro", "--no-run-cache", "--single-item", "annotate@synthetic"], plain,
+                   ["annotate@synthetic"], flow)
+    print(f"annotate@synthetic alone: dvc repro {wall['dvc']:.1f} s (process pool), flow run {wall['flow']:.1f} s "
+          f"(Dask fan-out + dvc commit): {wall['flow'] / wall['dvc']:.3f}", flush=True)
 
 
 def bench_fanout(tmp: Path, ingest_dir: Path, chunk_size: int, rounds: int) -> None:
