@@ -1,4 +1,4 @@
-"""Prefect entry points for prefect.yaml; the flows live in handloom.orchestrate so Dask workers can import their tasks."""
+"""Prefect entry points for prefect.yaml; the flows live in handloom.orchestrate, where Dask workers can import them."""
 from handloom.orchestrate.fanout import annotate_fanout
 from handloom.orchestrate.flows import pipeline
 

@@ -64,7 +64,8 @@ def test_a_failed_stage_fails_the_run_by_name_and_spares_independent_stages(toy,
     assert state.message.startswith("stage ingest@b failed; not run: shard")
     assert "ingest b: source unreachable" in state.message  # the stage's stderr tail
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        runs = client.read_task_runs(flow_run_filter=this_run)
     states = {r.name: r.state.name for r in runs}
     assert states == {"ingest@a": "Completed", "count": "Completed", "ingest@b": "Failed", "shard": "NotReady"}
     assert (toy / "data" / "count.txt").read_text() == "2" and not (toy / "data" / "shard.json").exists()

@@ -8,9 +8,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -68,7 +68,8 @@ def run_dvc(root: str | Path, args: list[str], stage: str, timeout_s: float, log
     proc = subprocess.Popen([*DVC, *args], cwd=root, env=stage_env(), text=True, errors="replace",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = deque(maxlen=TAIL_LINES), deque(maxlen=TAIL_LINES)
-    pumps = [threading.Thread(target=_pump, args=a, daemon=True) for a in ((proc.stdout, log, out), (proc.stderr, log, err))]
+    pumps = [threading.Thread(target=_pump, args=(stream, log, tail), daemon=True)
+             for stream, tail in ((proc.stdout, out), (proc.stderr, err))]
     for t in pumps:
         t.start()
     try:
@@ -88,13 +89,15 @@ def repro_stage(root: str | Path, stage: str, timeout_s: float, log: Log = print
     """`dvc repro --single-item <stage>`: upstream stages are the flow's business, not DVC's."""
     start = time.perf_counter()
     out = "\n".join(run_dvc(root, ["repro", "--single-item", stage], stage, timeout_s, log))
-    status = "skipped" if "didn't change, skipping" in out else "restored" if "is cached - skipping run" in out else "ran"
+    status = ("skipped" if "didn't change, skipping" in out else
+              "restored" if "is cached - skipping run" in out else "ran")
     return StageRun(stage, status, round(time.perf_counter() - start, 3))
 
 
 def stage_changed(root: str | Path, stage: str) -> bool:
     """Whether `dvc status` finds the stage's deps, params, command or outputs changed since dvc.lock."""
-    out = subprocess.run([*DVC, "status", "--json", stage], cwd=root, env=stage_env(), capture_output=True, text=True)
+    out = subprocess.run([*DVC, "status", "--json", stage], cwd=root, env=stage_env(), capture_output=True, text=True,
+                         check=False)
     if out.returncode:
         raise StageFailed(stage, "status failed", out.stderr.strip())
     return bool(json.loads(out.stdout or "{}"))

@@ -34,7 +34,9 @@ def dask_runner(address: str | None = None, n_workers: int = 0, processes: bool 
     each holds one MediaPipe graph, and the per-image Python work (decode, masks, PNG) needs the GIL."""
     if address:
         return DaskTaskRunner(address=address)
-    local = dict(host="127.0.0.1", dashboard_address=None) if processes else {}
+    # Loopback only; no per-chunk progress bars: interleaved from every worker they say nothing the
+    # chunk tasks' states do not.
+    local = dict(host="127.0.0.1", dashboard_address=None, env={"TQDM_DISABLE": "1"}) if processes else {}
     return DaskTaskRunner(cluster_kwargs=dict(n_workers=n_workers or os.cpu_count(), threads_per_worker=1,
                                               processes=processes, **local))
 
@@ -44,7 +46,8 @@ def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def count_images(ingest_dir: str | Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in (Path(ingest_dir) / schema.IMAGES_DIR).glob("part-*.parquet"))
+    parts = (Path(ingest_dir) / schema.IMAGES_DIR).glob("part-*.parquet")
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
 
 
 def _part(parts_dir: str | Path, kind: str, index: int) -> Path:
@@ -83,7 +86,8 @@ def annotate_fanout(ingest_dir: str, out_dir: str, stats_path: str, parts_dir: s
     """Annotate one dataset in chunks on the flow's task runner (Dask) and merge the parts."""
     shutil.rmtree(parts_dir, ignore_errors=True)
     ranges = chunk_ranges(count_images(ingest_dir), chunk_size)
-    futures = [annotate_chunk.submit(ingest_dir, parts_dir, i, start, stop, p) for i, (start, stop) in enumerate(ranges)]
+    futures = [annotate_chunk.submit(ingest_dir, parts_dir, i, start, stop, p)
+               for i, (start, stop) in enumerate(ranges)]
     n_images = sum(f.result() for f in futures)
     return merge_chunks(ingest_dir, parts_dir, len(ranges), n_images, out_dir, stats_path)
 

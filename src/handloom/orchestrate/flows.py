@@ -13,7 +13,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from handloom.orchestrate.dvcrun import StageRun, commit_stage, repro_stage, stage_changed
+from handloom.orchestrate.dvcrun import Log, StageRun, commit_stage, repro_stage, stage_changed
 from handloom.orchestrate.fanout import annotate_stage, dask_runner, fanout_dataset
 from handloom.orchestrate.graph import StageNode, read_graph
 from handloom.orchestrate.overrides import apply_overrides
@@ -26,11 +26,12 @@ ARTIFACT_KEY = "handloom-pipeline"
 def run_stage(root: str, stage: str, timeout_s: float, fanout: dict | None = None) -> dict:
     """One stage through DVC; an annotate stage with `fanout` runs its chunks on Dask, then DVC commits it."""
     log = get_run_logger().info
-    run = repro_stage(root, stage, timeout_s, log) if fanout is None else fanout_stage(root, stage, fanout, timeout_s, log)
-    return vars(run)
+    if fanout is None:
+        return vars(repro_stage(root, stage, timeout_s, log))
+    return vars(fanout_stage(root, stage, fanout, timeout_s, log))
 
 
-def fanout_stage(root: str, stage: str, fanout: dict, timeout_s: float, log) -> StageRun:
+def fanout_stage(root: str, stage: str, fanout: dict, timeout_s: float, log: Log) -> StageRun:
     """What `dvc repro --single-item` does, with the command replaced by the Dask fan-out that writes the
     same bytes: skip when `dvc status` is clean, else write the outputs and let `dvc commit` record them."""
     start = time.perf_counter()

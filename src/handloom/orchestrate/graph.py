@@ -30,10 +30,11 @@ def read_graph(root: str | Path, targets: list[str] | None = None) -> list[Stage
     child process at the repo root rather than behind a chdir in this (threaded) process.
     """
     out = subprocess.run([sys.executable, "-m", "handloom.orchestrate.graph", *(targets or [])],
-                         cwd=root, capture_output=True, text=True)
+                         cwd=root, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError("reading the DVC stage graph failed:\n" + "\n".join(out.stderr.strip().splitlines()[-5:]))
-    return [StageNode(**{**n, "upstream": tuple(n["upstream"]), "outs": tuple(n["outs"])}) for n in json.loads(out.stdout)]
+    return [StageNode(**{**n, "upstream": tuple(n["upstream"]), "outs": tuple(n["outs"])})
+            for n in json.loads(out.stdout)]
 
 
 def _plan(targets: list[str]) -> list[StageNode]:

@@ -12,7 +12,8 @@ MAX_REPORT_CHARS = 50_000  # the UI renders artifacts inline; a huge report belo
 
 def read_metrics(root: str | Path) -> dict[str, dict]:
     """{metrics file: {dotted key: value}} as `dvc metrics show` reads the workspace; {} if it cannot."""
-    out = subprocess.run([*DVC, "metrics", "show", "--json"], cwd=root, env=stage_env(), capture_output=True, text=True)
+    out = subprocess.run([*DVC, "metrics", "show", "--json"], cwd=root, env=stage_env(), capture_output=True, text=True,
+                         check=False)
     try:
         files = json.loads(out.stdout)[""]["data"]
     except (ValueError, KeyError, TypeError):
