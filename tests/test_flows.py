@@ -1,6 +1,7 @@
 """Prefect flows over a tiny DVC repo: DVC's graph, side-by-side stages, skips, failures named by stage,
 params overrides, timeouts, and the annotate fan-out writing byte for byte what the stage writes."""
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -125,11 +126,13 @@ def test_fanout_writes_byte_for_byte_what_the_stage_writes(toy_dataset, tmp_path
     # Threads, so the fake detector reaches the workers; tests/test_prefect_server.py runs real processes.
     annotate_fanout.with_options(task_runner=dask_runner(n_workers=2, processes=False))(
         ingest_dir=str(ingest), out_dir=str(fan), stats_path=str(fan / "stats.json"),
-        parts_dir=str(tmp_path / "parts"), p=p, chunk_size=2)
+        parts_dir=str(tmp_path / "parts"), chunk_size=2,
+        p=p.model_copy(update={"cache_dir": str(tmp_path / "cache-fan")}))  # detects for itself, not from the stage's
     for name in (schema.ANNOTATIONS_FILE, schema.REJECTS_FILE, "stats.json"):
         assert (fan / name).read_bytes() == (tmp_path / "stage" / name).read_bytes(), name
     assert stats["rejected"] == 1 and stats["annotated"] == 8
     assert not (tmp_path / "parts").exists()
+    assert len(list((tmp_path / "cache-fan").rglob("*.npy"))) == 8  # one detection per readable image
 
 
 @pytest.mark.slow
@@ -139,11 +142,14 @@ def test_a_fanned_out_stage_is_committed_as_dvc_repro_commits_it(toy_dataset, tm
     plain, fanned = (make_annotate_repo(tmp_path / name, toy_dataset / "ingest" / "toy", project) for name in "ab")
     assert pipeline(repo=str(plain), fanout=False)["annotate@synthetic"]["status"] == "ran"
     assert pipeline(repo=str(fanned), annotate_chunk_size=3, dask_workers=2)["annotate@synthetic"]["status"] == "ran"
-    for path in ("data/annotations/synthetic/annotations.parquet", "data/annotations/synthetic/rejects.parquet",
-                 "reports/data/synthetic.json", "dvc.lock"):
+    annotations = "data/annotations/synthetic/annotations.parquet"
+    for path in (annotations, "data/annotations/synthetic/rejects.parquet", "reports/data/synthetic.json", "dvc.lock"):
         assert (fanned / path).read_bytes() == (plain / path).read_bytes(), path
     assert "up to date" in dvc_status(fanned)
     assert pipeline(repo=str(fanned))["annotate@synthetic"]["status"] == "skipped"
+    shutil.rmtree(fanned / "data/annotations/synthetic")  # as `dvc repro` would: out of the cache, not rerun
+    assert pipeline(repo=str(fanned))["annotate@synthetic"]["status"] == "restored"
+    assert (fanned / annotations).read_bytes() == (plain / annotations).read_bytes()
 
 
 def test_fanout_stands_in_only_for_the_command_it_knows():

@@ -24,7 +24,7 @@ Log = Callable[[str], None]
 @dataclass
 class StageRun:
     stage: str
-    status: str      # ran | skipped (up to date) | restored (from DVC's run cache)
+    status: str      # ran | skipped (up to date) | restored (outputs checked out of DVC's cache)
     seconds: float
 
 
@@ -94,13 +94,23 @@ def repro_stage(root: str | Path, stage: str, timeout_s: float, log: Log = print
     return StageRun(stage, status, round(time.perf_counter() - start, 3))
 
 
-def stage_changed(root: str | Path, stage: str) -> bool:
-    """Whether `dvc status` finds the stage's deps, params, command or outputs changed since dvc.lock."""
+def stage_changes(root: str | Path, stage: str) -> list:
+    """What `dvc status` finds changed since dvc.lock in the stage's deps, params, command or outputs."""
     out = subprocess.run([*DVC, "status", "--json", stage], cwd=root, env=stage_env(), capture_output=True, text=True,
                          check=False)
     if out.returncode:
         raise StageFailed(stage, "status failed", out.stderr.strip())
-    return bool(json.loads(out.stdout or "{}"))
+    return json.loads(out.stdout or "{}").get(stage, [])
+
+
+def restore_outputs(root: str | Path, stage: str, changes: list) -> bool:
+    """When only outputs changed, `dvc repro` checks them out of the cache instead of running the stage;
+    the same here. False when something else changed or the cache lacks them."""
+    if not all(isinstance(c, dict) and set(c) == {"changed outs"} for c in changes):
+        return False
+    out = subprocess.run([*DVC, "checkout", "--force", stage], cwd=root, env=stage_env(), capture_output=True,
+                         check=False)
+    return out.returncode == 0
 
 
 def commit_stage(root: str | Path, stage: str, log: Log = print) -> None:

@@ -13,7 +13,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from handloom.orchestrate.dvcrun import Log, StageRun, commit_stage, repro_stage, stage_changed
+from handloom.orchestrate.dvcrun import Log, StageRun, commit_stage, repro_stage, restore_outputs, stage_changes
 from handloom.orchestrate.fanout import annotate_stage, dask_runner, fanout_dataset
 from handloom.orchestrate.graph import StageNode, read_graph
 from handloom.orchestrate.overrides import apply_overrides
@@ -33,10 +33,15 @@ def run_stage(root: str, stage: str, timeout_s: float, fanout: dict | None = Non
 
 def fanout_stage(root: str, stage: str, fanout: dict, timeout_s: float, log: Log) -> StageRun:
     """What `dvc repro --single-item` does, with the command replaced by the Dask fan-out that writes the
-    same bytes: skip when `dvc status` is clean, else write the outputs and let `dvc commit` record them."""
+    same bytes: skip when `dvc status` is clean, check out of the cache when only outputs changed, else
+    write the outputs and let `dvc commit` record them."""
     start = time.perf_counter()
-    status = "skipped"
-    if stage_changed(root, stage):
+    changes = stage_changes(root, stage)
+    if not changes:
+        status = "skipped"
+    elif restore_outputs(root, stage, changes):
+        status = "restored"
+    else:
         runner = dask_runner(fanout["dask_address"], fanout["dask_workers"])
         annotate_stage(root, fanout["dataset"], fanout["chunk_size"], runner, timeout_s)
         commit_stage(root, stage, log)
