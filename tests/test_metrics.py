@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from handloom.evaluate.metrics import (Inception192, dap, extract_features, fid_kid, frechet_distance,
-                                       joint_ratio_difference, kernel_inception_distance, load_feature_extractor,
-                                       mask_iou, mpjpe, pck, psnr, ssim)
+from handloom.evaluate.metrics import (LPIPS_LINEAR, LPIPS_SCALE, LPIPS_SHIFT, Inception192, TorchvisionTaps, dap,
+                                       extract_features, fid_kid, frechet_distance, joint_ratio_difference,
+                                       kernel_inception_distance, load_feature_extractor, load_lpips, lpips, mask_iou,
+                                       mpjpe, pck, psnr, ssim)
 from handloom.schema import empty_keypoints, hand_rows
 
 # A right hand with every palm bone (wrist -> index..little MCP) 50 px long and straight fingers
@@ -183,6 +184,7 @@ def test_fid_kid_path_with_a_tiny_extractor_saved_and_loaded(tmp_path):
                                                           masks), rtol=1e-6)
     scores = fid_kid(features, extract_features(scripted, fake, masks), kid_subset_size=20)
     assert all(np.isfinite(v) for v in scores.values()) and scores["fid"] > 0
+    assert fid_kid(features, features, kid_subset_size=20)["fid"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_inception192_loads_a_torchvision_inception_state_dict(tmp_path):
@@ -199,3 +201,123 @@ def test_state_dict_missing_layers_is_refused(tmp_path):
     torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, tmp_path / "partial.pt")
     with pytest.raises(RuntimeError, match="Missing key"):
         load_feature_extractor(tmp_path / "partial.pt")
+
+
+# --- LPIPS -------------------------------------------------------------------------------------------
+class TinyBackbone(nn.Module):
+    """Two layers of features at two scales, as LPIPS's backbones give."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y1 = torch.relu(self.conv1(x))
+        return [y1, torch.relu(self.conv2(y1))]  # (N, 4, H, W), (N, 6, H/2, W/2)
+
+
+class Channels(nn.Module):
+    """The (normalised) image itself as LPIPS's only layer: distances worked out on paper."""
+
+    def forward(self, x):
+        return [x]
+
+
+def lin_state(weights: list[list[float]]) -> dict:
+    """Linear weights as the lpips package stores them: lin<l>.model.1.weight of shape (1, C_l, 1, 1)."""
+    return {f"lin{i}.model.1.weight": torch.tensor(w).view(1, -1, 1, 1) for i, w in enumerate(weights)}
+
+
+def save_lpips_dir(directory, backbone: nn.Module, weights: list[list[float]], exported: bool = False):
+    """An LPIPS weights directory: a TorchScript backbone.pt (or torch.export backbone.pt2) and linear.pth."""
+    directory.mkdir()
+    if exported:
+        example = (torch.zeros(2, 3, 16, 16),)
+        torch.export.save(torch.export.export(backbone.eval(), example, dynamic_shapes=({0: torch.export.Dim("n")},)),
+                          directory / "backbone.pt2")
+    else:
+        torch.jit.save(torch.jit.script(backbone.eval()), directory / "backbone.pt")
+    torch.save(lin_state(weights), directory / LPIPS_LINEAR)
+    return directory
+
+
+def lpips_by_hand(features, weights, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Zhang et al.'s formula in float64 numpy: sum_l mean_hw sum_c w_c (f0/|f0| - f1/|f1|)^2."""
+    shift, scale = torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1)
+    with torch.no_grad():
+        fa, fb = features((a - shift) / scale), features((b - shift) / scale)
+    total = np.zeros(len(a))
+    for ya, yb, w in zip(fa, fb, weights):
+        ya, yb = ya.double().numpy(), yb.double().numpy()
+        ua = ya / (np.sqrt((ya**2).sum(1, keepdims=True)) + 1e-10)
+        ub = yb / (np.sqrt((yb**2).sum(1, keepdims=True)) + 1e-10)
+        total += (np.asarray(w)[None, :, None, None] * (ua - ub) ** 2).sum(1).mean((1, 2))
+    return total
+
+
+def constant_images(scaled_rgb) -> torch.Tensor:
+    """A 1x3x8x8 image in [-1, 1] whose ImageNet-normalised pixels all equal scaled_rgb."""
+    return (torch.tensor(LPIPS_SHIFT) + torch.tensor(LPIPS_SCALE) * torch.tensor(scaled_rgb)).view(1, 3, 1, 1).expand(
+        1, 3, 8, 8).clone()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_lpips_of_unit_colour_vectors_is_the_sum_of_their_channel_weights(tmp_path):
+    model = load_lpips(save_lpips_dir(tmp_path / "lpips", Channels(), [[0.25, 0.5, 4.0]]))
+    red, green = constant_images([1.0, 0.0, 0.0]), constant_images([0.0, 2.0, 0.0])
+    # Unit vectors (1,0,0) and (0,1,0): squared difference (1,1,0), weighted 0.25 + 0.5.
+    assert lpips(model, red, green).item() == pytest.approx(0.75, abs=1e-6)
+    # Normalisation over channels: a brighter red points the same way, so it is at distance 0.
+    assert lpips(model, red, constant_images([3.0, 0.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("exported", [False, True], ids=["torchscript", "torch.export"])
+def test_lpips_with_a_tiny_random_backbone_matches_the_formula_by_hand(tmp_path, exported):
+    torch.manual_seed(0)
+    backbone, weights = TinyBackbone(), [[0.1, 0.7, 0.0, 1.3], [0.5, 0.2, 0.9, 0.4, 2.0, 0.05]]
+    model = load_lpips(save_lpips_dir(tmp_path / "lpips", backbone, weights, exported))
+    a = images(5, 0) * 2 - 1
+    b = (a + 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    np.testing.assert_allclose(lpips(model, a, b, batch_size=2).numpy(), lpips_by_hand(backbone, weights, a, b),
+                               rtol=1e-5)
+    assert torch.equal(lpips(model, a, a.clone()), torch.zeros(5))  # identical images: exactly 0
+    assert torch.equal(lpips(model, a, b), lpips(model, b, a))       # symmetric
+    far = (a + 0.5 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    assert (lpips(model, a, far) > lpips(model, a, b)).all()         # a larger perturbation is further
+
+
+def test_lpips_loads_a_torchvision_state_dict_from_one_file_or_a_directory(tmp_path):
+    from torchvision.models import AlexNet
+    torch.manual_seed(0)
+    full = AlexNet().eval()
+    widths = (64, 192, 384, 256, 256)
+    weights = [torch.rand(c, generator=torch.Generator().manual_seed(c)).tolist() for c in widths]
+    features = {k: v for k, v in full.state_dict().items() if k.startswith("features.")}  # classifier: unused, 230 MB
+    torch.save({**features, **lin_state(weights)}, tmp_path / "lpips_alex.pt")
+    (tmp_path / "alex").mkdir()
+    torch.save(features, tmp_path / "alex" / "backbone.pt")
+    torch.save(lin_state(weights), tmp_path / "alex" / LPIPS_LINEAR)
+    a, b = torch.rand(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1  # alexnet needs > 16 px
+    # The lpips package compares alexnet's five ReLU outputs: features[:2], [:5], [:8], [:10], [:12].
+    expected = lpips_by_hand(lambda x: [full.features[:i + 1](x) for i in (1, 4, 7, 9, 11)], weights, a, b)
+    for path in (tmp_path / "lpips_alex.pt", tmp_path / "alex"):
+        model = load_lpips(path)
+        torch.testing.assert_close(model.backbone.features[3].weight, full.features[3].weight)
+        np.testing.assert_allclose(lpips(model, a, b).numpy(), expected, rtol=1e-5)
+
+
+def test_lpips_torchvision_taps_are_the_relus_of_vgg16_and_alexnet():
+    for widths in [(64, 128, 256, 512, 512), (64, 192, 384, 256, 256)]:
+        taps = TorchvisionTaps(widths)
+        assert all(isinstance(taps.features[i], nn.ReLU) for i in taps.taps)
+        assert tuple(f.shape[1] for f in taps(torch.zeros(1, 3, 64, 64))) == widths
+
+
+def test_lpips_refuses_negative_or_unknown_linear_weights(tmp_path):
+    torch.save(lin_state([[0.5, -0.1, 0.2]]), tmp_path / "negative.pt")
+    with pytest.raises(ValueError, match="non-negative"):
+        load_lpips(tmp_path / "negative.pt")
+    torch.save(lin_state([[0.5] * 3]), tmp_path / "narrow.pt")
+    with pytest.raises(ValueError, match=r"widths \(3,\) match no torchvision backbone"):
+        load_lpips(tmp_path / "narrow.pt")

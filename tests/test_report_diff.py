@@ -1,12 +1,11 @@
 """`make report-diff`: metric and param deltas from real DVC against a git revision, figures side by side."""
-import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 
-from handloom.io import decode_image
+from handloom.io import decode_image, write_json
 from handloom.report.diff import report_diff
 from handloom.report.render import save_png
 
@@ -18,7 +17,7 @@ def git(repo, *args):
 def write_run(repo, psnr: float, steps: int, shade: int) -> None:
     (repo / "params.yaml").write_text(f"train:\n  max_steps: {steps}\n")
     (repo / "reports").mkdir(exist_ok=True)
-    (repo / "reports" / "metrics.json").write_text(json.dumps({"psnr": psnr}))
+    write_json(repo / "reports" / "metrics.json", {"psnr": psnr, "hands": {"mpjpe": float("nan")}})  # none detected
     save_png(repo / "reports" / "figures" / "generated.png", np.full((8, 8, 3), shade, np.uint8))
 
 
@@ -42,6 +41,7 @@ def test_report_diff_shows_metric_and_param_deltas_and_both_figures(tmp_path, mo
     text = out.read_text()
     assert "| reports/metrics.json | psnr | 8 | 9.5 | 1.5 |" in text
     assert "| params.yaml | train.max_steps | 250 | 400 |" in text
+    assert "mpjpe" not in text  # null in both runs: unchanged (a bare NaN != NaN would show as changed)
     grid = decode_image((repo / "build" / "generated.png").read_bytes())
     assert grid.shape == (8, 8 + 8 + 8, 3)  # base | gap | workspace
     assert grid[0, 0, 0] == 10 and grid[0, -1, 0] == 200

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -38,9 +39,20 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def finite_or_null(obj):
+    """obj with every NaN / ±inf float replaced by None: strict JSON has no such numbers (`dvc metrics diff`
+    and most parsers refuse Python's bare NaN, and NaN != NaN would show an unchanged metric as changed)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 def write_json(path: str | Path, obj) -> None:
-    """Sorted keys and a trailing newline, so reviewers diff values, not key order."""
-    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Strict JSON (non-finite numbers as null), sorted keys and a trailing newline, so reviewers diff values,
+    not key order."""
+    write_bytes(path, (json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def write_table(path: str | Path, table: pa.Table) -> None:

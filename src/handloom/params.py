@@ -202,6 +202,8 @@ class EvaluateParams(Section):
     sample_steps: int = Field(25, ge=1)
     appearance_scale: float = Field(1.5, ge=0)
     pose_scale: float = Field(1.5, ge=0)
+    # Local LPIPS weights (nothing is downloaded), read by `evaluate.metrics.load_lpips`; null skips LPIPS.
+    lpips_path: str | None = None
 
 
 class ReportParams(Section):

@@ -1,4 +1,4 @@
-"""Metrics with known answers for generated hands: image (PSNR, SSIM, FID/KID), keypoint (MPJPE, PCK, DAP,
+"""Metrics with known answers for generated hands: image (PSNR, SSIM, LPIPS, FID/KID), keypoint (MPJPE, PCK, DAP,
 joint ratios) and mask (IoU)."""
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
+from torchvision.models import AlexNet
 from torchvision.models.inception import BasicConv2d
+from torchvision.models.vgg import cfgs, make_layers
 
 from handloom.schema import HANDS, JOINTS_PER_HAND, hand_box
 from handloom.shards.conditioning import bone_ratios, visible_joints
@@ -219,3 +221,109 @@ def extract_features(extractor: nn.Module, images: torch.Tensor, foreground_mask
             out = out[0] if isinstance(out, (tuple, list)) else out  # some extractors return (features, ...)
             features.append(out.flatten(1).double().cpu().numpy())
     return np.concatenate(features) if features else np.zeros((0, 0))
+
+
+# --- LPIPS (Zhang et al. 2018) -------------------------------------------------------------------
+# The files of an LPIPS weights directory: the backbone (.pt2 when torch.export wrote it, as torch.export.load
+# expects) and the linear layers.
+LPIPS_BACKBONES, LPIPS_LINEAR = ("backbone.pt2", "backbone.pt"), "linear.pth"
+# The lpips package's ScalingLayer: images in [-1, 1] to ImageNet's normalisation.
+LPIPS_SHIFT, LPIPS_SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
+LPIPS_EPS = 1e-10  # the lpips package's normalize_tensor epsilon
+# torchvision feature stacks that LPIPS taps (the lpips package's slices end at these ReLUs), keyed by the
+# channel widths of their layers, which the linear weights reveal.
+LPIPS_TORCHVISION = {(64, 128, 256, 512, 512): ("vgg16", (3, 8, 15, 22, 29)),
+                     (64, 192, 384, 256, 256): ("alexnet", (1, 4, 7, 9, 11))}
+
+
+class TorchvisionTaps(nn.Module):
+    """A torchvision vgg16 / alexnet `features` stack returning the ReLU outputs LPIPS compares.
+
+    The attribute is named `features` so torchvision's own checkpoint keys (`features.0.weight`, ...) load as is.
+    """
+
+    def __init__(self, widths: tuple[int, ...]):
+        super().__init__()
+        if widths not in LPIPS_TORCHVISION:
+            raise ValueError(f"LPIPS linear layers of widths {widths} match no torchvision backbone "
+                             f"({', '.join(f'{n}: {w}' for w, (n, _) in LPIPS_TORCHVISION.items())})")
+        name, self.taps = LPIPS_TORCHVISION[widths]
+        self.features = make_layers(cfgs["D"]) if name == "vgg16" else AlexNet().features
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, layer in enumerate(self.features[:self.taps[-1] + 1]):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x)  # (N, C_l, H_l, W_l); the next layer is a pool or conv, so in-place ReLUs spare it
+        return out
+
+
+class LPIPS(nn.Module):
+    """Learned perceptual distance: sum over layers l of mean_hw( w_l . (f0_l - f1_l)^2 ), f unit-normalised.
+
+    `backbone` maps ImageNet-normalised images to a list of per-layer features (N, C_l, H_l, W_l); `linear` is the
+    (C_l,) non-negative channel weights of each layer (the lpips package's 1x1 convolutions, without bias).
+    """
+
+    def __init__(self, backbone: nn.Module, linear: list[torch.Tensor]):
+        super().__init__()
+        self.backbone = backbone
+        self.linear = nn.ParameterList([nn.Parameter(w.flatten().float(), requires_grad=False) for w in linear])
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1))
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(N,) distances between (N, 3, H, W) images in [-1, 1]."""
+        fa, fb = (self.backbone((x.float() - self.shift) / self.scale) for x in (a, b))
+        distance = torch.zeros(len(a), device=a.device)
+        for ya, yb, w in zip(fa, fb, self.linear, strict=True):
+            ua = ya / (ya.norm(dim=1, keepdim=True) + LPIPS_EPS)  # (N, C, H, W), unit length over channels
+            ub = yb / (yb.norm(dim=1, keepdim=True) + LPIPS_EPS)
+            distance += torch.einsum("nchw,c->nhw", (ua - ub) ** 2, w).mean((1, 2))
+        return distance
+
+
+def _lpips_linear(state: dict) -> list[torch.Tensor]:
+    """The lpips package's `lin<l>.model.1.weight` (1, C_l, 1, 1) tensors, in layer order, checked non-negative."""
+    keys = sorted((k for k in state if k.startswith("lin") and k.endswith(".weight")),
+                  key=lambda k: int(k[3:].split(".")[0]))
+    if not keys:
+        raise ValueError("no LPIPS linear weights (lin0.model.1.weight, ...) in the file")
+    if any((state[k] < 0).any() for k in keys):
+        raise ValueError("LPIPS linear weights must be non-negative (they weight squared differences)")
+    return [state[k] for k in keys]
+
+
+def load_lpips(path: str | Path) -> LPIPS:
+    """LPIPS from local weights; nothing is ever downloaded. `path` is one of:
+
+    - a directory with `backbone.pt` (what `load_feature_extractor` reads: a TorchScript archive returning the
+      list of per-layer features, or a torchvision vgg16 / alexnet state dict such as torchvision's own
+      `vgg16-397923af.pth`), or `backbone.pt2` (a torch.export archive, dynamic batch dimension), and
+      `linear.pth` (the lpips package's `weights/v0.1/vgg.pth` or `alex.pth`: `lin<l>.model.1.weight` tensors
+      of shape (1, C_l, 1, 1));
+    - one state-dict file holding both, e.g. `torch.save({**vgg16_state_dict, **lpips_vgg_pth}, path)`.
+
+    A state-dict backbone is vgg16 or alexnet, told apart by the linear layers' widths. Images are
+    ImageNet-normalised (the lpips package's ScalingLayer) before any backbone sees them.
+    """
+    path = Path(path)
+    backbone_path, linear_path = path, path
+    if path.is_dir():
+        backbone_path = next((path / n for n in LPIPS_BACKBONES if (path / n).exists()), path / LPIPS_BACKBONES[-1])
+        linear_path = path / LPIPS_LINEAR
+    linear = _lpips_linear(torch.load(linear_path, map_location="cpu", weights_only=True))
+    is_state_dict = _archive_kind(backbone_path) == "state_dict"
+    module = TorchvisionTaps(tuple(w.shape[1] for w in linear)) if is_state_dict else None
+    # The backbone comes back in inference mode and LPIPS adds no train-time layers; no .eval() here, as an
+    # exported backbone refuses it.
+    return LPIPS(load_feature_extractor(backbone_path, module), linear)
+
+
+def lpips(model: LPIPS, a: torch.Tensor, b: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """(N,) LPIPS of (N, 3, H, W) image pairs in [-1, 1]; identical images give exactly 0."""
+    device = next(iter(model.parameters())).device
+    with torch.inference_mode():
+        return torch.cat([model(a[i:i + batch_size].to(device), b[i:i + batch_size].to(device)).cpu()
+                          for i in range(0, len(a), batch_size)]) if len(a) else torch.zeros(0)

@@ -3,6 +3,7 @@ same-seed untrained model, and read the hands back through MediaPipe."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import lightning as L
@@ -26,13 +27,20 @@ CONFIDENT = 0.9
 
 
 def choose_pairs(shards_dir: Path, n: int, seed: int) -> pd.DataFrame:
-    """n held-out pairs, balanced over pair kinds, drawn with a fixed seed (val, else test, else train)."""
+    """n held-out pairs, balanced over pair kinds, drawn with a fixed seed (val, else test, else train), with
+    the dataset of each pair's target."""
     pairs = read_table(shards_dir / schema.PAIRS_FILE).to_pandas()
     split = next(s for s in ("val", "test", "train") if (pairs.split == s).any())
     pairs = pairs[pairs.split == split]
     per_kind = [g.sample(min(len(g), max(1, n // pairs.kind.nunique())), random_state=seed)
                 for _, g in pairs.groupby("kind", sort=True)]
-    return pd.concat(per_kind).head(n).reset_index(drop=True)
+    chosen = pd.concat(per_kind).head(n).reset_index(drop=True)
+    return chosen.assign(dataset=[schema.SampleKey.parse(key).dataset for key in chosen.target])
+
+
+def per_group(pairs: pd.DataFrame, column: str, scores: Callable[[np.ndarray], dict]) -> dict[str, dict]:
+    """{value: scores(row numbers of the pairs with that value)} for each value of a pairs column (kind, dataset)."""
+    return {value: scores(np.flatnonzero(pairs[column].to_numpy() == value)) for value in sorted(pairs[column].unique())}
 
 
 def load_examples(shards_dir: Path, pairs: pd.DataFrame, p: TrainParams) -> tuple[dict, np.ndarray]:
@@ -75,9 +83,13 @@ def hand_metrics(detected: np.ndarray, target_keypoints: np.ndarray) -> dict:
         joint_ratio_difference=metrics.joint_ratio_difference(detected, target_keypoints))
 
 
-def image_metrics(generated: torch.Tensor, target: torch.Tensor) -> dict:
-    return dict(psnr=float(metrics.psnr(generated, target, 2.0).mean()),
-                ssim=float(metrics.ssim(generated, target, 2.0).mean()))
+def image_metrics(generated: torch.Tensor, target: torch.Tensor, perceptual: metrics.LPIPS | None = None) -> dict:
+    """PSNR and SSIM of images in [-1, 1], and LPIPS when a perceptual model is given."""
+    scores = dict(psnr=float(metrics.psnr(generated, target, 2.0).mean()),
+                  ssim=float(metrics.ssim(generated, target, 2.0).mean()))
+    if perceptual is not None:
+        scores["lpips"] = float(metrics.lpips(perceptual, generated, target).mean())
+    return scores
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -103,15 +115,16 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
     pixels = {k: to_uint8(v) for k, v in images.items()}
     with make_detector(0.1) as detector:
         detected = {k: detect_all(pixels[k], detector) for k in ("generated", "target")}
+    perceptual = metrics.load_lpips(p.lpips_path) if p.lpips_path else None
 
     def scores(rows: np.ndarray) -> dict:
-        return dict(image_metrics(generated[rows], batch["target"][rows]),
-                    untrained=image_metrics(baseline[rows], batch["target"][rows]),
+        return dict(image_metrics(generated[rows], batch["target"][rows], perceptual),
+                    untrained=image_metrics(baseline[rows], batch["target"][rows], perceptual),
                     hands=hand_metrics(detected["generated"][rows], target_keypoints[rows]),
                     hands_on_real_targets=hand_metrics(detected["target"][rows], target_keypoints[rows]))
 
     result = dict(n_pairs=len(pairs), resolution=train_p.resolution, **scores(np.arange(len(pairs))),
-                  per_kind={k: scores(np.flatnonzero(pairs.kind == k)) for k in sorted(pairs.kind.unique())})
+                  per_kind=per_group(pairs, "kind", scores), per_dataset=per_group(pairs, "dataset", scores))
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / SAMPLES_FILE) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **pixels, target_keypoints=target_keypoints, generated_keypoints=detected["generated"],

@@ -84,15 +84,29 @@ def data_section(reports_dir: Path) -> str:
                                  "pck_0_2"])
 
 
-def metrics_section(m: dict) -> str:
-    rows = []
-    for kind, scores in [("all", m), *sorted(m.get("per_kind", {}).items())]:
-        h = scores["hands"]
-        rows.append(dict(pairs=kind, psnr=scores["psnr"], psnr_untrained=scores["untrained"]["psnr"],
-                         ssim=scores["ssim"], ssim_untrained=scores["untrained"]["ssim"],
-                         hands_detected=h["detection_rate"], confidence=h["detection_confidence"],
-                         pck_0_2=h["pck_0_2"], mpjpe=h["mpjpe"], joint_ratio_diff=h["joint_ratio_difference"]))
+def metric_row(scores: dict) -> dict:
+    """One table row from a metrics.json block; LPIPS only when the evaluate stage had its weights."""
+    h, untrained = scores["hands"], scores["untrained"]
+    perceptual = dict(lpips=scores["lpips"], lpips_untrained=untrained["lpips"]) if "lpips" in scores else {}
+    return dict(psnr=scores["psnr"], psnr_untrained=untrained["psnr"], ssim=scores["ssim"],
+                ssim_untrained=untrained["ssim"], **perceptual, hands_detected=h["detection_rate"],
+                confidence=h["detection_confidence"], pck_0_2=h["pck_0_2"], mpjpe=h["mpjpe"],
+                joint_ratio_diff=h["joint_ratio_difference"])
+
+
+def metrics_table(blocks: dict[str, dict], label: str) -> str:
+    """A table with one row per metrics block, the first column (`label`) naming it."""
+    rows = [{label: name, **metric_row(scores)} for name, scores in blocks.items()]
     return markdown_table(rows, list(rows[0]))
+
+
+def metrics_section(m: dict) -> list[str]:
+    """Metrics over all pairs and per pair kind, then per dataset; "–" where a metric has no value."""
+    lines = [metrics_table({"all": m, **dict(sorted(m.get("per_kind", {}).items()))}, "pairs"), ""]
+    if m.get("per_dataset"):
+        lines += ["Per dataset (of the target):", "", metrics_table(dict(sorted(m["per_dataset"].items())), "dataset"),
+                  ""]
+    return lines
 
 
 def generate_section(models_dir: Path | None, shards_dir: Path, params: Params, figures: Path) -> list[str]:
@@ -130,7 +144,7 @@ def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportP
         "## Evaluation", "",
         f"{m['n_pairs']} held-out reference → target pairs at {m['resolution']} px; the untrained model is the same "
         "architecture and seed before training, sampled the same way.", "",
-        metrics_section(m), "",
+        *metrics_section(m),
         f"MediaPipe finds {real['detection_rate']:.0%} of the hands in the real targets at this resolution, "
         "the ceiling for the generated ones.", "",
         f"![reference, target pose, generated, untrained, target, keypoints]({FIGURES}/generated.png)", "",

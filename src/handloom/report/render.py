@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -77,9 +78,14 @@ def plot_series(series: dict, path: Path) -> None:
     plt.close(fig)
 
 
+NO_VALUE = "–"  # a metric without a value (null in metrics.json: e.g. MPJPE when no hand was detected)
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else "" if v is None else str(v)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return NO_VALUE
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
