@@ -104,3 +104,21 @@ def test_ddim_same_seed_same_image_other_seed_other_image(eta):
     first, again, other = draw(7), draw(7), draw(8)
     assert torch.equal(first, again)
     assert (first - other).abs().mean() > 0.1
+
+
+def test_weighted_loss_weighs_each_element_and_keeps_the_uniform_scale():
+    diffusion = GaussianDiffusion(prediction="v")
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    uniform, _ = diffusion.training_loss(zero, x0, generator=g())
+    ones, _ = diffusion.training_loss(zero, x0, generator=g(), weight=torch.full((4, 1, 8, 8), 3.0))
+    torch.testing.assert_close(ones, uniform)  # a constant weight changes nothing
+    # Weight 0 outside the left half: the loss is the left half's own mean squared target.
+    half = torch.zeros(4, 1, 8, 8)
+    half[..., :4] = 1.0
+    left, _ = diffusion.training_loss(zero, x0, generator=g(), weight=half)
+    g2 = g()  # the loss's own draws: t, then the noise
+    t, noise = torch.randint(0, diffusion.num_steps, (4,), generator=g2), torch.randn(x0.shape, generator=g2)
+    expected = diffusion.training_target(x0, t, noise)[..., :4].pow(2).mean()
+    torch.testing.assert_close(left, expected)

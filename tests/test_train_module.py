@@ -245,3 +245,16 @@ def test_samples_are_seeded():
     assert not torch.equal(first, sample(6))
     assert first.shape == batch["target"].shape and first.abs().max() <= 1
     assert not torch.equal(first, sample(5, use_ema=False))
+
+
+def test_hand_loss_weight_weighs_the_target_mask():
+    batch = next(iter(loader(8)))
+    module = perturbed(HandDiffusionModule(config(hand_loss_weight=5.0)))
+    weight = module.hand_weight(batch["target_mask"], batch["target"])
+    mask = batch["target_mask"].bool()
+    assert weight[mask].eq(5.0).all() and weight[~mask].eq(1.0).all() and mask.any() and (~mask).any()
+    assert HandDiffusionModule(config()).hand_weight(batch["target_mask"], batch["target"]) is None
+    # The total moves with the weight: the same draws, another weighting.
+    losses = [perturbed(HandDiffusionModule(config(hand_loss_weight=w))).losses(
+        batch, drop=False, generator=torch.Generator().manual_seed(0))["diffusion"].item() for w in (1.0, 5.0)]
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)

@@ -179,6 +179,7 @@ class TrainParams(Section):
     p_drop_pose: float = Field(0.1, ge=0, le=1)
     p_drop_both: float = Field(0.05, ge=0, le=1)
     mask_loss_weight: float = Field(0.5, ge=0)
+    hand_loss_weight: float = Field(1.0, gt=0)  # diffusion loss weight on the target's hand pixels; 1: uniform
     # Local weights only (nothing is downloaded): an AutoencoderKL directory puts the DiT in its latent
     # space, at resolution // the VAE's downscale; null trains in pixel space at `resolution`.
     vae_path: str | None = None

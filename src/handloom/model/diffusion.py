@@ -6,7 +6,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 PREDICTIONS = ("eps", "v")
 SCHEDULES = ("linear", "cosine")
@@ -70,16 +69,22 @@ class GaussianDiffusion(nn.Module):
         return a * x_t - s * pred, s * x_t + a * pred
 
     def training_loss(self, model_fn: Callable, x0: torch.Tensor, generator: torch.Generator | None = None,
-                      **cond) -> tuple[torch.Tensor, dict]:
+                      weight: torch.Tensor | None = None, **cond) -> tuple[torch.Tensor, dict]:
         """MSE between the model's prediction at a uniform random t and its target; also the model's outputs.
 
-        `model_fn(x_t, t, **cond)` returns a tensor or a dict with "out".
+        `model_fn(x_t, t, **cond)` returns a tensor or a dict with "out". `weight`, broadcast over x0,
+        weighs the squared error per element (normalised by its mean, so the loss keeps its scale).
         """
         N = x0.shape[0]
         t = torch.randint(0, self.num_steps, (N,), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         out = model_fn(self.q_sample(x0, t, noise), t, **cond)
-        loss = F.mse_loss(model_prediction(out).float(), self.training_target(x0, t, noise).float())
+        error = (model_prediction(out).float() - self.training_target(x0, t, noise).float()) ** 2
+        if weight is None:
+            loss = error.mean()
+        else:
+            weight = weight.float().expand_as(error)
+            loss = (error * weight).mean() / weight.mean()
         return loss, out if isinstance(out, dict) else {"out": out}
 
     def ddim_timesteps(self, steps: int) -> torch.Tensor:

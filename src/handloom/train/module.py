@@ -50,6 +50,7 @@ class TrainConfig:
     p_drop_both: float = 0.05
     # Auxiliary losses.
     mask_loss_weight: float = 0.5   # λ, Pelykh
+    hand_loss_weight: float = 1.0   # the diffusion loss's weight on target-mask pixels (1: uniform)
     repa_weight: float = 0.5
     repa_layer: int | None = None   # defaults to depth // 3 when a REPA encoder is given
     repa_dim: int | None = None     # defaults to the encoder's `embed_dim`
@@ -225,7 +226,8 @@ class HandDiffusionModule(L.LightningModule):
         with torch.no_grad():
             x0, reference = self.model_space(batch, "target"), self.model_space(batch, "reference")
         diffusion, out = self.diffusion.training_loss(
-            self.model, x0, generator, target_cond=batch["target_cond"], reference=reference,
+            self.model, x0, generator, self.hand_weight(batch["target_mask"], x0),
+            target_cond=batch["target_cond"], reference=reference,
             reference_cond=batch["reference_cond"], flag=batch["flag"],
             drop_reference=drop_reference, drop_pose=drop_pose)
         losses = {"diffusion": diffusion}
@@ -241,6 +243,17 @@ class HandDiffusionModule(L.LightningModule):
             losses["repa"] = repa_loss(out["repa_tokens"], features)
             total = total + c.repa_weight * losses["repa"]
         return {"loss": total, **losses}
+
+    def hand_weight(self, mask: torch.Tensor, x0: torch.Tensor) -> torch.Tensor | None:
+        """(N, 1, h, w) loss weights on x0's grid: hand_loss_weight on the hand, 1 elsewhere; None when uniform.
+
+        The best prediction stays the same; short runs just spend more of their gradient on the hand,
+        the part the hand metrics read.
+        """
+        w = self.config.hand_loss_weight
+        if w == 1.0:
+            return None
+        return 1 + (w - 1) * F.interpolate(mask.float(), size=x0.shape[-2:], mode="area")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._step_batch = batch
