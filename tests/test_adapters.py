@@ -238,29 +238,7 @@ def test_corrupt_image_and_truncated_annotation_become_rejects(tmp_path):
     assert not any(r.startswith(("annotations/test/call.json", "annotations/test/four.json")) for r in kept)
 
 
-def test_bad_keypoints_and_truncated_images_become_rejects(tmp_path):
-    src = shutil.copytree(SAMPLES / "freihand", tmp_path / "freihand")
-    data = json.loads((src / "test_freihand.json").read_text())
-    by_id = {a["image_id"]: a for a in data["annotations"]}
-    by_id[355]["keypoints"][3] = float("nan")
-    by_id[17620]["keypoints"][0] = 500.0  # the wrist's x, outside the 224-pixel image
-    del by_id[32915]["keypoints"]
-    by_id[50180]["keypoints"] = by_id[50180]["keypoints"][:30]
-    (src / "test_freihand.json").write_text(json.dumps(data))
-    jpeg = (src / "00065475.jpg").read_bytes()
-    (src / "00065475.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # truncated: OpenCV would half-decode it
-    (src / "00082740.jpg").unlink()
-    ingest("freihand", FreiHANDParams(source=str(src), annotations=("test_freihand.json",)), tmp_path / "out")
-    rejects = read_rejects(tmp_path / "out")
-    assert dict(zip(rejects["key"], rejects["reason"])) == {
-        "test_freihand.json#355": schema.Reject.NONFINITE_KEYPOINTS,
-        "test_freihand.json#17620": schema.Reject.KEYPOINTS_OUTSIDE_IMAGE,
-        "test_freihand.json#32915": schema.Reject.MISSING_FIELD,
-        "test_freihand.json#50180": schema.Reject.BAD_KEYPOINT_SHAPE,
-        "test_freihand.json#65475": schema.Reject.UNREADABLE_IMAGE,
-        "test_freihand.json#82740": schema.Reject.MISSING_IMAGE,
-    }
-    assert sorted(read_manifest(tmp_path / "out")["sequence"]) == ["00098035", "00115300"]
+# Bad keypoints, truncated, empty and misnamed images: tests/reliability/test_bad_inputs.py (the bad-input corpus).
 
 
 def test_unknown_gesture_label_is_rejected(tmp_path):

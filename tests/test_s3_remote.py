@@ -1,10 +1,7 @@
 """Remote storage against real servers on loopback: a DVC remote on S3 (rclone) pushed, cloned and pulled, the
 same cache pulled over plain HTTP, and a training batch streamed straight from `s3://` shard URLs."""
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -12,35 +9,13 @@ from pathlib import Path
 
 import fsspec
 import torch
+from dvc_remote import DVC, SHARDS, clone, run, s3_credentials, tar_digests
 
 from handloom import schema
 from handloom.params import AugmentParams, ShardParams
 from handloom.shards.reader import ExampleSpec, pair_dataset, shard_urls
 from handloom.shards.remote import read_parquet
 from handloom.shards.writer import write_shards
-
-DVC = str(Path(sys.executable).parent / "dvc")
-SHARDS = "data/shards"
-
-
-def run(args: list[str], cwd: Path) -> str:
-    """A git or dvc command that sees no AWS_* variables: DVC must find endpoint and keys in its own config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(DVC_NO_ANALYTICS="1", AWS_EC2_METADATA_DISABLED="true", GIT_AUTHOR_NAME="t", GIT_COMMITTER_NAME="t",
-               GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_EMAIL="t@example.com")
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def tar_digests(shards: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(shards.glob("*.tar"))}
-
-
-def s3_credentials(repo: Path) -> None:
-    """Keys go to .dvc/config.local (git-ignored), as on a user's machine."""
-    for option in ("access_key_id", "secret_access_key"):
-        run([DVC, "remote", "modify", "--local", "s3remote", option, os.environ[f"AWS_{option.upper()}"]], repo)
 
 
 def origin_repo(root: Path, toy: Path) -> Path:
@@ -58,12 +33,6 @@ def origin_repo(root: Path, toy: Path) -> Path:
     s3_credentials(repo)
     run([DVC, "push", "-q"], repo)
     return repo
-
-
-def clone(origin: Path, path: Path) -> Path:
-    run(["git", "clone", "-q", str(origin), str(path)], origin.parent)
-    assert not (path / SHARDS).exists()
-    return path
 
 
 def serve_http(directory: Path) -> ThreadingHTTPServer:

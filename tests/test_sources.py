@@ -10,6 +10,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import evil_tar
 
 from handloom.datasets import sources
 from handloom.datasets.ingest import ingest
@@ -74,18 +75,6 @@ def sample_archive(path: Path) -> str:
     """OneHand10K's sample files as a tar.gz wrapped in one top folder, as downloads usually are; its sha256."""
     with tarfile.open(path, "w:gz") as tar:
         tar.add(SAMPLES / "onehand10k", arcname="onehand10k")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def evil_tar(path: Path, name: str, kind: bytes = tarfile.REGTYPE) -> str:
-    data = b"pwned"
-    with tarfile.open(path, "w") as tar:
-        info = tarfile.TarInfo(name)
-        info.type = kind
-        if kind == tarfile.SYMTYPE or kind == tarfile.LNKTYPE:
-            info.linkname = "/etc/passwd"
-        info.size = len(data) if kind == tarfile.REGTYPE else 0
-        tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -34,6 +34,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_torn_writes(path: str | Path) -> None:
+    """Delete the temp files atomic_path leaves behind when a kill stops it mid-write, so a rerun's output equals a
+    clean run's. A directory: every one under it (its owner's call). A file: its own only, since other writers of
+    a shared directory (reports/data/ under parallel annotate stages) may be mid-write."""
+    path = Path(path)
+    root, pattern = (path, "**/.*.tmp") if path.is_dir() else (path.parent, f".{path.name}.*.tmp")
+    for tmp in root.glob(pattern):
+        tmp.unlink(missing_ok=True)
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

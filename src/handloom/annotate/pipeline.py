@@ -21,7 +21,7 @@ from handloom.annotate.keypoints import HandDetection, detect_many
 from handloom.annotate.masks import GRABCUT_ITERATIONS, GRABCUT_SIDE, GRABCUT_VERSION, grabcut_png
 from handloom.annotate.pool import pmap, pool_size, worker_pool
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest
-from handloom.io import decode_image, encode_png, sha256, write_table
+from handloom.io import decode_image, encode_png, remove_torn_writes, sha256, write_table
 from handloom.params import AnnotateParams
 
 KEYPOINT_BACKEND = "mediapipe-0.10.21"
@@ -87,6 +87,7 @@ def annotate_images(images: list[tuple[str, bytes, bytes | None]], manifest, p: 
 
 def write_annotations(out_dir: Path, manifest, n_images: int, rows: list[dict], rejects: list[dict]) -> dict:
     """The stage's two tables, whoever annotated the chunks; returns the dataset's stats."""
+    remove_torn_writes(out_dir)
     write_table(out_dir / schema.REJECTS_FILE, schema.table_from_rows(rejects, schema.REJECTS))
     write_table(out_dir / schema.ANNOTATIONS_FILE, schema.table_from_rows(rows, schema.ANNOTATIONS))
     return dataset_stats(n_images, rows, rejects, manifest)
@@ -100,9 +101,21 @@ def read_samples(images, manifest, rejects: list) -> list[Sample]:
         image = decode_image(jpeg)
         if image is None:
             rejects.append(reject_row(key, record, (schema.Reject.UNREADABLE_IMAGE, "image bytes do not decode")))
+        elif why := ground_truth_reject(record.gt_keypoints, image):
+            rejects.append(reject_row(key, record, why))
         else:
             samples.append(Sample(key, record, image, sha256(jpeg), mask_png, keypoints_array(record.gt_keypoints)))
     return samples
+
+
+def ground_truth_reject(flat, image: np.ndarray) -> tuple[str, str] | None:
+    """(reason, detail) for ground truth no prompt or metric can use. Ingest validates its own rows; a manifest
+    written by other tools (or an older ingest) may still hold the wrong size, NaN/inf or off-image joints."""
+    if flat is None:
+        return None
+    k = np.asarray(flat, np.float32)
+    reason = schema.validate_keypoints(k.reshape(-1, 3) if k.size % 3 == 0 else k, image.shape[1], image.shape[0])
+    return (reason, f"ground truth of {k.size} values") if reason else None
 
 
 def screen(samples: list[Sample], rejects: list, reason: Callable[[Sample], tuple[str, str] | None]) -> list[Sample]:

@@ -216,10 +216,11 @@ def _extract_zip(archive: Path, root: Path, max_bytes: int) -> None:
         infos = zf.infolist()
         for info in infos:
             _member_path(root, info.filename, archive)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            # Unix type bits, where the zip has them: DOS tools store none, and Python's writestr only 0o600.
+            kind = stat.S_IFMT(info.external_attr >> 16)
+            if kind == stat.S_IFLNK:
                 raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a link; refusing to extract")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a device or special file; "
                                          f"refusing to extract")
         # zipfile stops reading a member at its declared size, so the declared total bounds the output.

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from handloom import schema
-from handloom.io import encode_jpeg, encode_png, read_table, sha256, write_table
+from handloom.io import encode_jpeg, encode_png, read_table, remove_torn_writes, sha256, write_table
 
 from handloom.schema import IMAGES_DIR, MANIFEST_FILE, REJECTS_FILE
 
@@ -48,6 +48,7 @@ class DatasetWriter:
 
     def write(self) -> None:
         """Replace the directory's contents; rows are sorted so reruns give identical bytes."""
+        remove_torn_writes(self.out_dir)
         self.rows.sort(key=lambda r: r["key"])
         self.images.sort(key=lambda r: r["key"])
         self.rejects.sort(key=lambda r: (r["key"], r["reason"]))

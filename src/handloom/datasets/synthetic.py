@@ -790,6 +790,7 @@ GRID_COLORS = ((0, 220, 0), (230, 30, 30), (40, 90, 255), (240, 200, 0))  # RGB:
 def sample_grid(frames: list[SyntheticFrame], path: str | Path,
                 keypoint_sets: dict[str, list[np.ndarray]] | None = None, columns: int = 6) -> None:
     """A PNG grid of the frames with ground truth (green) and each extra keypoint set drawn over them."""
+    from handloom.io import encode_png, write_bytes
     from handloom.report.render import draw_keypoints
 
     sets = {"ground truth": [f.keypoints for f in frames], **(keypoint_sets or {})}
@@ -808,4 +809,4 @@ def sample_grid(frames: list[SyntheticFrame], path: str | Path,
     legend = np.zeros((18, rows[0].shape[1], 3), np.uint8)
     for j, (name, color) in enumerate(zip(sets, GRID_COLORS)):
         cv2.putText(legend, name, (5 + 150 * j, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
-    cv2.imwrite(str(path), cv2.cvtColor(np.vstack([legend, *rows]), cv2.COLOR_RGB2BGR))
+    write_bytes(path, encode_png(np.vstack([legend, *rows])))

@@ -14,7 +14,7 @@ import torch
 from handloom import schema
 from handloom.annotate.keypoints import detect_hands, make_detector
 from handloom.evaluate import metrics
-from handloom.io import atomic_path, read_table
+from handloom.io import atomic_path, read_table, remove_torn_writes
 from handloom.params import EvaluateParams, TrainParams
 from handloom.shards.reader import read_sample, to_example
 from handloom.model.vae import load_autoencoder
@@ -125,7 +125,7 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
 
     result = dict(n_pairs=len(pairs), resolution=train_p.resolution, **scores(np.arange(len(pairs))),
                   per_kind=per_group(pairs, "kind", scores), per_dataset=per_group(pairs, "dataset", scores))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_torn_writes(out_dir)
     with atomic_path(out_dir / SAMPLES_FILE) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **pixels, target_keypoints=target_keypoints, generated_keypoints=detected["generated"],
                             keys=pairs.target.to_numpy(str), kinds=pairs.kind.to_numpy(str))

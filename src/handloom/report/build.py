@@ -9,7 +9,7 @@ import numpy as np
 from handloom import schema
 from handloom.evaluate.pipeline import SAMPLES_FILE, choose_pairs
 from handloom.generate import MODES, generate, load_generator
-from handloom.io import read_table, write_bytes
+from handloom.io import read_table, remove_torn_writes, write_bytes
 from handloom.params import EvaluateParams, Params, ReportParams, TrainParams
 from handloom.report.render import (GT_COLOR, MP_COLOR, draw_keypoints, markdown_table, plot_series, pose_image,
                                     read_dvclive_series, read_json, save_png, tile)
@@ -125,6 +125,7 @@ def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportP
     """`models_dir` adds the generate examples, drawn with `params` (train and evaluate: what the model was trained
     and evaluated with)."""
     figures = reports_dir / FIGURES
+    remove_torn_writes(figures)
     samples = dict(np.load(eval_dir / SAMPLES_FILE))
     save_png(figures / "generated.png", generated_grid(samples, p.grid_rows))
     datasets = sorted(read_table(shards_dir / schema.INDEX_FILE).column("dataset").unique().to_pylist())
@@ -150,4 +151,5 @@ def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportP
         f"![reference, target pose, generated, untrained, target, keypoints]({FIGURES}/generated.png)", "",
         *generate_section(models_dir, shards_dir, params or Params(), figures),
     ]
+    remove_torn_writes(reports_dir / "report.md")
     write_bytes(reports_dir / "report.md", "\n".join(lines).encode())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -73,9 +74,10 @@ def plot_series(series: dict, path: Path) -> None:
         ax.plot(steps, values, lw=1.2)
         ax.set_title(name), ax.set_xlabel("step"), ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: same plot, same bytes
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, metadata={"Software": None})  # no version stamp: same plot, same bytes
     plt.close(fig)
+    write_bytes(path, png.getvalue())
 
 
 NO_VALUE = "–"  # a metric without a value (null in metrics.json: e.g. MPJPE when no hand was detected)

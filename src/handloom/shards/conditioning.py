@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from handloom.io import encode_png, write_bytes
 from handloom.schema import BONES, FINGER_CHAINS, FINGERS, HANDS, JOINTS_PER_HAND, NUM_KEYPOINTS, hand_rows
 
 CHANNELS = {"heatmaps42": 43, "fingers11": 11, "annotated3": 3}
@@ -245,7 +246,5 @@ def render_panel(image: np.ndarray, keypoints: np.ndarray, mask: np.ndarray | No
     tiles += [_tile(np.repeat(annotated[c, ..., None], 3, -1), label, tile)
               for c, label in enumerate(("annotated3 ch0 fingers", "ch1 bone/palm", "ch2 handedness"))]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(tiles, axis=1), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    write_bytes(path, encode_png(np.concatenate(tiles, axis=1)))
     return path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import fsspec
 import pandas as pd
@@ -18,10 +19,19 @@ def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
     return fsspec.open(url, mode, **kw).open()
 
 
+# botocore's default (3 attempts, ~2 s of backoff) gives up on a server that restarts; s3fs does not retry
+# refused connections itself. fsspec's per-protocol defaults reach every S3 client this process makes (loader,
+# random access, the index) unless a caller or AWS_MAX_ATTEMPTS says otherwise.
+S3_RETRIES = dict(mode="standard", max_attempts=10)  # backoff up to 20 s a try: about a minute in all
+
+
 def register(schemes: tuple[str, ...] = SCHEMES) -> None:
     """Route these URL schemes through fsspec, for handloom's loader and any `wds.WebDataset(...)` alike."""
     for scheme in schemes:
         _gopen.gopen_schemes[scheme] = gopen_fsspec
+    if "AWS_MAX_ATTEMPTS" not in os.environ:
+        s3 = fsspec.config.conf.setdefault("s3", {})
+        s3.setdefault("config_kwargs", {}).setdefault("retries", S3_RETRIES)
 
 
 def read_parquet(url: str) -> pd.DataFrame:

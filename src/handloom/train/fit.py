@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from handloom.io import atomic_path
+from handloom.io import atomic_path, remove_torn_writes
 from handloom.model.repa import load_repa_encoder
 from handloom.model.vae import load_autoencoder, vae_geometry
 from handloom.params import TrainParams
@@ -103,11 +103,6 @@ def resumable_checkpoint(models_dir: Path, config: TrainConfig) -> tuple[Path | 
     return path, state["global_step"]
 
 
-def clear_torn_writes(models_dir: Path) -> None:
-    for tmp in models_dir.glob(".*.tmp"):  # atomic_path's temp files orphaned by a kill
-        tmp.unlink()
-
-
 def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
         latents_dir: Path | None = None) -> HandDiffusionModule:
     """Train to p.max_steps, resuming from models_dir/last.ckpt when it is compatible.
@@ -129,7 +124,7 @@ def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
                                   every_n_train_steps=p.checkpoint_every_n_steps)
     trainer = L.Trainer(**trainer_options(p), logger=logger, callbacks=[checkpoints], plugins=[AtomicCheckpointIO()])
     if trainer.is_global_zero:
-        clear_torn_writes(models_dir)
+        remove_torn_writes(models_dir)
         if ckpt is not None:
             rewind_live(log_dir, step)
     loader = train_loader(shards_dir, p, trainer.global_rank, step, open_cache(latents_dir, p))
