@@ -41,7 +41,8 @@ def train_config(p: TrainParams) -> TrainConfig:
         mlp_ratio=m.mlp_ratio, mask_head=m.mask_head, num_diffusion_steps=p.diffusion_steps, prediction=p.prediction,
         lr=p.lr, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
         ema_decay=p.ema_decay, p_drop_reference=p.p_drop_reference, p_drop_pose=p.p_drop_pose,
-        p_drop_both=p.p_drop_both, mask_loss_weight=p.mask_loss_weight, repa_weight=p.repa_weight,
+        p_drop_both=p.p_drop_both, mask_loss_weight=p.mask_loss_weight, hand_loss_weight=p.hand_loss_weight,
+        repa_weight=p.repa_weight,
         sample_every_n_steps=p.sample_every_n_steps, sample_seed=p.seed)
 
 
