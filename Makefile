@@ -8,6 +8,9 @@ export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
+# boto's default of 3 attempts gives up within a short outage; `dvc push/pull` and the s3:// loader ride one out.
+export AWS_RETRY_MODE ?= standard
+export AWS_MAX_ATTEMPTS ?= 10
 
 .PHONY: setup repro test test-slow bench clean report-diff
 
