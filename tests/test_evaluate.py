@@ -1,4 +1,4 @@
-"""The evaluate stage's bookkeeping: pairs grouped by kind and dataset, LPIPS wired in, strict metrics.json,
+"""The evaluate stage's bookkeeping: pairs grouped by kind and dataset, LPIPS and FID/KID wired in, strict metrics.json,
 and the report's tables of it."""
 import json
 
@@ -9,7 +9,7 @@ from torch import nn
 
 from handloom import schema
 from handloom.evaluate.metrics import LPIPS, lpips
-from handloom.evaluate.pipeline import choose_pairs, image_metrics, per_group
+from handloom.evaluate.pipeline import choose_pairs, distribution_metrics, image_metrics, per_group
 from handloom.io import write_json, write_table
 from handloom.report.build import metrics_section
 
@@ -93,3 +93,16 @@ def test_report_tables_gain_lpips_columns_when_measured():
     text = "\n".join(metrics_section(m))
     assert "| pairs | psnr | psnr_untrained | ssim | ssim_untrained | lpips | lpips_untrained |" in text
     assert "| all | 10 | 5 | 0.2 | 0.01 | 0.25 | 0.75 |" in text
+
+
+def test_distribution_metrics_read_only_the_hand_pixels():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(12, 3, 8, 8, generator=g) * 2 - 1
+    masks = torch.zeros(12, 1, 8, 8)
+    masks[..., 2:6, 2:6] = 1
+    extractor = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 6))
+    other_background = torch.where(masks.bool(), target, torch.rand(12, 3, 8, 8, generator=g) * 2 - 1)
+    same = distribution_metrics(extractor, other_background, target, masks)
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6)
+    other_hands = distribution_metrics(extractor, target.flip(-1) * 0.5 + 0.5, target, masks)
+    assert other_hands["fid"] > 0.01 and other_hands["kid_mean"] > same["kid_mean"] + 0.01

@@ -205,6 +205,10 @@ class EvaluateParams(Section):
     pose_scale: float = Field(1.5, ge=0)
     # Local LPIPS weights (nothing is downloaded), read by `evaluate.metrics.load_lpips`; null skips LPIPS.
     lpips_path: str | None = None
+    # Local FID/KID feature extractor for `evaluate.metrics.load_feature_extractor`: an Inception-v3 state dict
+    # (pytorch-fid's or torchvision's; the 192-channel features Pelykh uses), TorchScript or torch.export;
+    # scored on the hand pixels only. null skips FID/KID.
+    fid_extractor_path: str | None = None
 
 
 class ReportParams(Section):
