@@ -106,6 +106,11 @@ def metrics_section(m: dict) -> list[str]:
     if m.get("per_dataset"):
         lines += ["Per dataset (of the target):", "", metrics_table(dict(sorted(m["per_dataset"].items())), "dataset"),
                   ""]
+    if "fid" in m:  # over all pairs, on the hand pixels
+        rows = [{"model": name, **{k: s[k] for k in ("fid", "kid_mean", "kid_std")}}
+                for name, s in (("trained", m), ("untrained", m["untrained"]))]
+        lines += ["FID / KID on the hand pixels (Inception features, dim 192):", "",
+                  markdown_table(rows, list(rows[0])), ""]
     return lines
 
 
