@@ -5,7 +5,9 @@ import hashlib
 import json
 import math
 import os
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -100,3 +102,46 @@ def decode_image(data: bytes, gray: bool = False) -> np.ndarray | None:
     if arr is None:
         return None
     return arr if gray else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, body) of each chunk of a PNG, in file order; CRCs unchecked."""
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        yield kind, data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+
+
+def decode_gray_png(data: bytes) -> np.ndarray | None:
+    """A gray PNG's pixels, as decode_image(data, gray=True) reads them, ~3x faster for the masks OpenCV writes.
+
+    Those are 8-bit gray with every row Sub-filtered (each byte stores its difference to its left
+    neighbour): inflate, then undo the filter with row-wise prefix sums mod 256, read off OpenCV's integral
+    image (vectorised; numpy's uint8 cumsum is not). Other PNGs (colour, 16-bit, interlaced, other row
+    filters) and broken data go through decode_image.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return decode_image(data, gray=True)
+    chunks = list(png_chunks(data))
+    if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+        return decode_image(data, gray=True)
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    try:
+        raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    except zlib.error:
+        return decode_image(data, gray=True)
+    if (depth, color, interlace) != (8, 0, 0) or len(raw) != height * (width + 1):
+        return decode_image(data, gray=True)
+    rows = np.frombuffer(raw, np.uint8).reshape(height, width + 1)  # a filter-type byte, then the row
+    sub = rows[:, 0] == 1
+    if not np.all(sub | (rows[:, 0] == 0)):  # Up, Average, Paeth: each row needs the one above, decoded
+        return decode_image(data, gray=True)
+    if not sub.any():
+        return rows[:, 1:].copy()
+    integral = cv2.integral(rows[:, 1:], sdepth=cv2.CV_32S)  # (H+1, W+1) sums of the rectangles above-left
+    prefix = (integral[1:, 1:] - integral[:-1, 1:]).astype(np.uint8)  # per-row prefix sums; the cast wraps
+    return prefix if sub.all() else np.where(sub[:, None], prefix, rows[:, 1:])

@@ -1,6 +1,7 @@
 """Conditioning renderers: a 42x3 keypoint array (and mask) to the channels the DiT sees, one mode per paper."""
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from handloom.schema import BONES, FINGER_CHAINS, FINGERS, HANDS, JOINTS_PER_HAN
 
 CHANNELS = {"heatmaps42": 43, "fingers11": 11, "annotated3": 3}
 SIGMA = 1.5  # Gaussian width in pixels of the model's resolution (params.yaml: heatmap_sigma)
+TAIL_SIGMAS = 5  # Gaussians end this many sigmas from their centre
 FINGER_GRAY = (50, 150, 250, 100, 200)  # Annotated Hands, thumb -> little; not monotone so neighbours differ
 HAND_GRAY = {"right": 200, "left": 100}  # Annotated Hands handedness channel
 # Bones of both hands in row order (right then left), as (parent, child) rows of the 42x3 array.
@@ -66,15 +68,41 @@ def _pixel_centres(resolution: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gaussian(squared_distance: np.ndarray, sigma: float) -> np.ndarray:
-    return np.exp(squared_distance * np.float32(-0.5 / sigma**2))
+    """exp(-d^2 / 2 sigma^2), cut to exactly 0 beyond 5 sigma (below 4e-6): the far tail holds subnormal
+    floats, whose arithmetic costs ~100x that of normal ones."""
+    cut = np.float32(TAIL_SIGMAS * sigma) ** 2
+    g = np.exp(np.minimum(squared_distance, cut) * np.float32(-0.5 / sigma**2))
+    g[squared_distance > cut] = 0
+    return g
 
 
 def _joint_heatmaps(xy: np.ndarray, seen: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
-    """Gaussians of peak 1 at each seen joint into `out` (J, R, R); separable: two (J, R) exps, one product."""
-    xs, ys = _pixel_centres(out.shape[-1])
-    gx = _gaussian((xs - xy[:, 0, None, None]) ** 2, sigma) * seen[:, None, None]  # (J, 1, R)
-    gy = _gaussian((ys - xy[:, 1, None, None]) ** 2, sigma)                        # (J, R, 1)
-    return np.multiply(gy, gx, out=out)                                            # (J, R, R)
+    """Gaussians of peak 1 at each seen joint into `out` (J, R, R), zero elsewhere.
+
+    Separable: a row of a joint's heatmap is its column profile times one value of its row profile. Only the
+    rows within TAIL_SIGMAS of the joint are written: most of `out` keeps the fill's zeros, and a whole
+    (J, R, R) product costs several times the fill. Vectorised over joints and rows.
+    """
+    resolution = out.shape[-1]
+    out.fill(0)
+    joints = np.flatnonzero(seen & np.all(np.abs(xy) < 2 * resolution, axis=1))  # NaN or far off: nothing to draw
+    x, y = xy[joints].T
+    rows = np.rint(y)[:, None] + _window(math.ceil(TAIL_SIGMAS * sigma))  # (J', W) rows near each joint
+    inside = (rows >= 0) & (rows < resolution)
+    nth, _ = np.nonzero(inside)                                          # (N,) joint of each row inside
+    row = rows[inside]                                                   # (N,) that row
+    profile = _gaussian((_pixel_centres(resolution)[0][0] - x[:, None]) ** 2, sigma)  # (J', R) along x
+    weight = _gaussian((row - y[nth]) ** 2, sigma)                                   # (N,) along y
+    out[joints[nth], row.astype(np.intp)] = weight[:, None] * profile[nth]          # (N, R) rows
+    return out
+
+
+@lru_cache(maxsize=4)
+def _window(radius: int) -> np.ndarray:
+    """Offsets -radius..radius as float32, built once."""
+    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    offsets.flags.writeable = False  # shared through the cache
+    return offsets
 
 
 def _segment_squared_distances(start: np.ndarray, end: np.ndarray, resolution: int) -> np.ndarray:
@@ -107,29 +135,45 @@ def _finger_of(bone):
     return (bone // BONES_PER_FINGER) % len(FINGERS)
 
 
-def _mask_channel(mask: np.ndarray | None, resolution: int) -> np.ndarray:
-    """The mask as coverage in [0, 1] at the model's resolution; zeros when there is none."""
+def _mask_channel(mask: np.ndarray | None, resolution: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The mask as coverage in [0, 1] at the model's resolution, into `out` (R, R); zeros when there is none."""
+    out = np.empty((resolution, resolution), np.float32) if out is None else out
     if mask is None:
-        return np.zeros((resolution, resolution), np.float32)
+        out.fill(0)
+        return out
     m = np.asarray(mask)
     m = m.view(np.uint8) if m.dtype == bool else m if m.dtype == np.uint8 else m.astype(np.float32)
     scale = 255 if m.dtype == np.uint8 and m.max() > 1 else 1  # PNG masks are 0/255, in-memory ones 0/1
-    # Resizing before converting keeps the per-sample cost at the model's resolution, not the crop's.
-    return cv2.resize(m, (resolution, resolution), interpolation=cv2.INTER_AREA).astype(np.float32) / scale
+    if m.shape != (resolution, resolution):  # the loader's masks come at the model's resolution already
+        # Resizing before converting keeps the per-sample cost at the model's resolution, not the crop's.
+        m = cv2.resize(m, (resolution, resolution), interpolation=cv2.INTER_AREA)
+    return np.divide(m, np.float32(scale), out=out)
+
+
+def _output(mode: str, resolution: int, out: np.ndarray | None) -> np.ndarray:
+    """A zeroed (CHANNELS[mode], R, R) float32 array: `out` (a batch row, say) or a new one."""
+    if out is None:
+        return np.zeros((CHANNELS[mode], resolution, resolution), np.float32)
+    out.fill(0)
+    return out
 
 
 # --- The three modes -----------------------------------------------------------------------------
 def heatmaps42(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
-               sigma: float = SIGMA) -> np.ndarray:
-    """FoundHand: (43, R, R) = one Gaussian heatmap per joint of both hands (unseen joint -> zeros) + mask."""
-    out = np.empty((CHANNELS["heatmaps42"], resolution, resolution), np.float32)
+               sigma: float = SIGMA, out: np.ndarray | None = None) -> np.ndarray:
+    """FoundHand: (43, R, R) = one Gaussian heatmap per joint of both hands (unseen joint -> zeros) + mask.
+
+    Written into `out` when given (every value is set, so it need not be zeroed).
+    """
+    out = np.empty((CHANNELS["heatmaps42"], resolution, resolution), np.float32) if out is None else out
     _joint_heatmaps(scale_keypoints(keypoints, image_size, resolution), visible_joints(keypoints), sigma, out[:-1])
-    out[-1] = _mask_channel(mask, resolution)
+    _mask_channel(mask, resolution, out[-1])
     return out
 
 
 def fingers11(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
-              sigma: float = SIGMA, rng: np.random.Generator | None = None, p_zero_mask: float = 0.5) -> np.ndarray:
+              sigma: float = SIGMA, rng: np.random.Generator | None = None, p_zero_mask: float = 0.5,
+              out: np.ndarray | None = None) -> np.ndarray:
     """Pelykh: (11, R, R) = 10 finger heatmaps (right thumb..little, left thumb..little) + mask.
 
     Each finger is drawn as Gaussian lines (peak 1 on the bone, falling off with the distance to it)
@@ -137,7 +181,7 @@ def fingers11(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolu
     not only its joints. A bone is drawn when both its joints are seen. With an `rng` (training) the
     mask channel is zeroed with probability `p_zero_mask`, so the model also learns without a mask.
     """
-    out = np.zeros((CHANNELS["fingers11"], resolution, resolution), np.float32)
+    out = _output("fingers11", resolution, out)
     bones, start, end = _seen_bones(keypoints, image_size, resolution)
     if len(bones):
         lines = _gaussian(_segment_squared_distances(start, end, resolution), sigma)
@@ -145,11 +189,12 @@ def fingers11(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolu
         for c in np.unique(channel_of_bone):
             out[c] = lines[channel_of_bone == c].max(axis=0)
     drop_mask = rng is not None and rng.random() < p_zero_mask
-    out[-1] = _mask_channel(None if drop_mask else mask, resolution)
+    _mask_channel(None if drop_mask else mask, resolution, out[-1])
     return out
 
 
-def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: float | None = None) -> np.ndarray:
+def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: float | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Annotated Hands (arXiv 2401.15075): (3, R, R) in [0, 1].
 
     ch0: the 20 bones of each hand drawn in their finger's gray, thumb..little 50, 150, 250, 100, 200 /255.
@@ -159,7 +204,7 @@ def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: f
     Lines are `line_width` pixels wide (default max(1, R/64)); where bones meet, the nearest one wins.
     """
     line_width = max(1.0, resolution / 64) if line_width is None else line_width
-    out = np.zeros((3, resolution, resolution), np.float32)
+    out = _output("annotated3", resolution, out)
     bones, start, end = _seen_bones(keypoints, image_size, resolution)
     if len(bones):
         d2 = _segment_squared_distances(start, end, resolution)
@@ -168,13 +213,13 @@ def annotated3(keypoints: np.ndarray, image_size, resolution: int, line_width: f
         ratio = np.clip(np.nan_to_num(bone_ratios(keypoints)[bones]), 0, 1).astype(np.float32)
         out[0] = np.where(on_line, gray[nearest], 0)
         out[1] = np.where(on_line, ratio[nearest], 0)
-    out[2] = _handedness_channel(keypoints, image_size, resolution)
+    _handedness_channel(keypoints, image_size, resolution, out[2])
     return out
 
 
-def _handedness_channel(keypoints: np.ndarray, image_size, resolution: int) -> np.ndarray:
-    """Each hand's convex hull of seen joints in its gray: the mask alone cannot say whose pixel is whose."""
-    channel = np.zeros((resolution, resolution), np.float32)
+def _handedness_channel(keypoints: np.ndarray, image_size, resolution: int, channel: np.ndarray) -> np.ndarray:
+    """Each hand's convex hull of seen joints in its gray, drawn into the zeroed (R, R) `channel`: the mask alone
+    cannot say whose pixel is whose."""
     xy, seen = scale_keypoints(keypoints, image_size, resolution), visible_joints(keypoints)
     for hand in HANDS:
         points = xy[hand_rows(hand)][seen[hand_rows(hand)]]
@@ -186,21 +231,27 @@ def _handedness_channel(keypoints: np.ndarray, image_size, resolution: int) -> n
 
 # One calling convention for every mode, so callers choose a mode by name only.
 CONDITIONING = {
-    "heatmaps42": lambda k, mask, size, res, rng=None, sigma=SIGMA: heatmaps42(k, mask, size, res, sigma),
-    "fingers11": lambda k, mask, size, res, rng=None, sigma=SIGMA: fingers11(k, mask, size, res, sigma, rng),
-    "annotated3": lambda k, mask, size, res, rng=None, sigma=SIGMA: annotated3(k, size, res),
+    "heatmaps42": lambda k, mask, size, res, rng=None, sigma=SIGMA, out=None:
+        heatmaps42(k, mask, size, res, sigma, out=out),
+    "fingers11": lambda k, mask, size, res, rng=None, sigma=SIGMA, out=None:
+        fingers11(k, mask, size, res, sigma, rng, out=out),
+    "annotated3": lambda k, mask, size, res, rng=None, sigma=SIGMA, out=None: annotated3(k, size, res, out=out),
 }
 
 
 def render_conditioning(mode: str, keypoints: np.ndarray, mask: np.ndarray | None, image_size, resolution: int,
-                        rng: np.random.Generator | None = None, sigma: float = SIGMA) -> np.ndarray:
-    """(CHANNELS[mode], R, R) float32 conditioning for one sample; `rng` only in training (mask dropout)."""
+                        rng: np.random.Generator | None = None, sigma: float = SIGMA,
+                        out: np.ndarray | None = None) -> np.ndarray:
+    """(CHANNELS[mode], R, R) float32 conditioning for one sample; `rng` only in training (mask dropout).
+
+    With `out` (a float32 array of that shape, such as a row of a batch) it is rendered in place.
+    """
     if mode not in CONDITIONING:
         raise ValueError(f"unknown conditioning mode {mode!r}; expected one of {sorted(CONDITIONING)}")
     keypoints = np.asarray(keypoints, np.float32)
     if keypoints.shape != (NUM_KEYPOINTS, 3):
         raise ValueError(f"keypoints must be ({NUM_KEYPOINTS}, 3), got {keypoints.shape}")
-    return CONDITIONING[mode](keypoints, mask, image_size, resolution, rng=rng, sigma=sigma)
+    return CONDITIONING[mode](keypoints, mask, image_size, resolution, rng=rng, sigma=sigma, out=out)
 
 
 # --- Documentation panel -------------------------------------------------------------------------

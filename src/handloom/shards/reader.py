@@ -18,11 +18,11 @@ import torch
 import webdataset as wds
 
 from handloom import schema
-from handloom.io import decode_image
+from handloom.io import decode_gray_png, decode_image
 from handloom.params import AugmentParams
 from handloom.shards import remote  # noqa: F401  (registers the s3:// opener with WebDataset)
 from handloom.shards.augment import augment_pair
-from handloom.shards.conditioning import render_conditioning
+from handloom.shards.conditioning import CHANNELS, render_conditioning
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,18 @@ class ExampleSpec:
     # beforehand (encode_latents): the latents would not show the crop or flip the keypoints do.
     augment: AugmentParams | None = None
 
+    @property
+    def pixels(self) -> int:
+        """Side of the largest grid an example is rendered on: augmentation resamples each image once to it."""
+        return max(self.resolution, self.cond_resolution or 0)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """One example's tensor shapes under schema.BATCH_KEYS."""
+        r, c = self.resolution, self.cond_resolution or self.resolution
+        channels = CHANNELS[self.conditioning]
+        return dict(reference=(3, r, r), reference_cond=(channels, c, c), target=(3, r, r),
+                    target_cond=(channels, c, c), target_mask=(1, r, r), flag=())
+
 
 # libjpeg scales while it decodes (in the DCT domain): a 1/2 decode costs about a third of a full one.
 REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -53,7 +65,7 @@ def decode_sample(members: dict, min_side: int | None = None) -> dict:
     pixels (the loader knows what the model and the crop augmentation need); mask and keypoints follow.
     """
     meta = json.loads(members["json"])
-    mask = decode_image(members["mask.png"], gray=True)
+    mask = decode_gray_png(members["mask.png"])
     keypoints = np.load(io.BytesIO(members["kpts.npy"]))
     factor = max((f for f in REDUCED_COLOR if min_side and min(mask.shape) // f >= min_side), default=1)
     if factor == 1:
@@ -92,33 +104,58 @@ def read_sample(shards_dir: str | Path, shard: str, offset: int) -> dict:
     return next(iter_samples(shards_dir, shard, offset))
 
 
+# uint8 -> [-1, 1] as a 256-entry table: one lookup per value instead of a cast, a divide and a subtract.
+PIXEL_VALUES = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1)
+
+
+def write_image(out: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> `out` (3, R, R) float32 in [-1, 1]; the one resize every consumer of pixels shares."""
+    if image.shape[:2] != out.shape[1:]:
+        image = cv2.resize(image, out.shape[:0:-1], interpolation=cv2.INTER_AREA)
+    return np.take(PIXEL_VALUES, image.transpose(2, 0, 1), out=out)
+
+
 def image_tensor(image: np.ndarray, resolution: int) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, R, R) float in [-1, 1]; the one resize every consumer of pixels shares."""
-    im = cv2.resize(image, (resolution,) * 2, interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(im).permute(2, 0, 1).float().div_(127.5).sub_(1)
+    """(H, W, 3) uint8 -> (3, R, R) float in [-1, 1]."""
+    out = torch.empty((3, resolution, resolution))
+    write_image(out.numpy(), image)
+    return out
+
+
+def empty_examples(spec: ExampleSpec, n: int) -> dict[str, torch.Tensor]:
+    """Uninitialised (n, ...) tensors under schema.BATCH_KEYS: a batch for `write_example` to fill row by row."""
+    return {k: torch.empty((n, *shape), dtype=torch.int64 if k == "flag" else torch.float32)
+            for k, shape in spec.shapes().items()}
+
+
+def write_example(row: dict[str, np.ndarray], reference: dict, target: dict, kind: str, spec: ExampleSpec,
+                  rng: np.random.Generator | None) -> None:
+    """Render a training example into `row` (arrays under schema.BATCH_KEYS, a batch's row); images in [-1, 1].
+
+    With `spec.augment` and an rng, the pair is augmented first, straight to the model's resolution (a self
+    pair's target becomes an augmented copy of its reference); without an rng (evaluation) it never is.
+    Everything is written in place: a batch holds ~1.5 MB per example, and a copy of it costs as much as
+    rendering it.
+    """
+    if rng is not None and spec.augment is not None:
+        reference, target = augment_pair(reference, target, kind, spec.augment, rng, size=spec.pixels)
+    cond_resolution = spec.cond_resolution or spec.resolution
+    for side, s in (("reference", reference), ("target", target)):  # rng order: reference, then target
+        write_image(row[side], s["image"])
+        render_conditioning(spec.conditioning, s["keypoints"], s["mask"], s["image"].shape[0], cond_resolution,
+                            rng=rng, sigma=spec.heatmap_sigma, out=row[f"{side}_cond"])
+    mask = target["mask"]
+    if mask.shape != (spec.resolution,) * 2:
+        mask = cv2.resize(mask, (spec.resolution,) * 2, interpolation=cv2.INTER_NEAREST)
+    np.greater(mask, 127, out=row["target_mask"][0])
+    row["flag"][...] = schema.FLAG[kind]
 
 
 def to_example(reference: dict, target: dict, kind: str, spec: ExampleSpec, rng: np.random.Generator | None) -> dict:
-    """A training example with schema.BATCH_KEYS; images in [-1, 1] at the model's resolution.
-
-    With `spec.augment` and an rng, the pair is augmented first (a self pair's target becomes an
-    augmented copy of its reference); without an rng (evaluation) it never is.
-    """
-    if rng is not None and spec.augment is not None:
-        reference, target = augment_pair(reference, target, kind, spec.augment, rng)
-
-    def image(s):
-        return image_tensor(s["image"], spec.resolution)
-
-    def cond(s):
-        c = render_conditioning(spec.conditioning, s["keypoints"], s["mask"], s["image"].shape[0],
-                                spec.cond_resolution or spec.resolution, rng=rng, sigma=spec.heatmap_sigma)
-        return torch.from_numpy(c)
-
-    mask = cv2.resize(target["mask"], (spec.resolution,) * 2, interpolation=cv2.INTER_NEAREST)
-    return dict(reference=image(reference), reference_cond=cond(reference), target=image(target),
-                target_cond=cond(target), target_mask=torch.from_numpy((mask > 127)[None].astype(np.float32)),
-                flag=torch.tensor(schema.FLAG[kind]))
+    """One training example with schema.BATCH_KEYS, as tensors of its own (see `write_example`)."""
+    example = {k: v[0] for k, v in empty_examples(spec, 1).items()}
+    write_example({k: v.numpy() for k, v in example.items()}, reference, target, kind, spec, rng)
+    return example
 
 
 def sequence_of(sample: dict) -> str:
@@ -152,14 +189,15 @@ def partner_table(pairs: pd.DataFrame) -> dict[str, list[tuple[str, str]]]:
 class PairSampler:
     """Pipeline stage: every reference meets one partner of its sequence, drawn from the pairs table.
 
-    Seeded by (seed, rank, worker, epoch): ranks and workers draw different pairs and augmentations, and a
-    rerun draws the same ones.
+    Yields (reference, target, kind, rng), seeded by (seed, rank, worker, epoch): ranks and workers draw
+    different pairs and augmentations, and a rerun draws the same ones. The rng goes along for the
+    augmentations, which `write_batches` draws before this stage draws the next partner.
     """
 
-    def __init__(self, partners: dict[str, list[tuple[str, str]]], spec: ExampleSpec, seed: int):
-        self.partners, self.spec, self.seed, self.epoch = partners, spec, seed % 2**63, -1
+    def __init__(self, partners: dict[str, list[tuple[str, str]]], seed: int):
+        self.partners, self.seed, self.epoch = partners, seed % 2**63, -1
 
-    def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
+    def __call__(self, samples: Iterator[dict]) -> Iterator[tuple[dict, dict, str, np.random.Generator]]:
         self.epoch += 1
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         rng = np.random.default_rng([self.seed, rank, worker, self.epoch])
@@ -169,19 +207,18 @@ class PairSampler:
                 options = [(t, k) for t, k in self.partners.get(s["key"], ()) if t in by_key]
                 if options:
                     target, kind = options[rng.integers(len(options))]
-                    yield to_example(s, by_key[target], kind, self.spec, rng)
+                    yield s, by_key[target], kind, rng
 
 
-def collate_as_they_come(examples: Iterator[dict], batch_size: int) -> Iterator[dict]:
-    """Full batches of stacked tensors; each example is copied in as it arrives, while it is still in the
-    cache (a collate at the end of the batch reads all of it back from memory: ~1.5 MB per example)."""
-    batch = {}
-    for i, example in enumerate(examples):
+def write_batches(pairs: Iterator[tuple], spec: ExampleSpec, batch_size: int) -> Iterator[dict]:
+    """Full batches of (reference, target, kind, rng) pairs, each rendered straight into its row of the batch."""
+    for i, (reference, target, kind, rng) in enumerate(pairs):
         row = i % batch_size
         if row == 0:
-            batch = {k: torch.empty((batch_size, *v.shape), dtype=v.dtype) for k, v in example.items()}
-        for k, v in example.items():
-            batch[k][row] = v
+            batch = empty_examples(spec, batch_size)
+            arrays = {k: v.numpy() for k, v in batch.items()}
+        rows = {k: v[row, ...] for k, v in arrays.items()}  # [row, ...]: views, 0-d ones too
+        write_example(rows, reference, target, kind, spec, rng)
         if row == batch_size - 1:
             yield batch
 
@@ -189,7 +226,7 @@ def collate_as_they_come(examples: Iterator[dict], batch_size: int) -> Iterator[
 def min_decode_side(spec: ExampleSpec) -> int:
     """Pixels an image must keep so that its smallest crop still covers the model's and the conditioning's grid."""
     scale = spec.augment.crop_scale[0] if spec.augment else 1.0
-    return math.ceil(max(spec.resolution, spec.cond_resolution or 0) / scale)
+    return math.ceil(spec.pixels / scale)
 
 
 def shard_urls(root: str | Path, index: pd.DataFrame, split: str) -> list[str]:
@@ -211,7 +248,7 @@ def pair_dataset(urls: list[str], pairs: pd.DataFrame, spec: ExampleSpec, batch_
         wds.ResampledShards(urls, seed=seed, deterministic=True),
         wds.tarfile_to_samples(),
         wds.map(partial(decode_sample, min_side=min_decode_side(spec))),
-        PairSampler(partner_table(pairs), spec, seed),
-        partial(collate_as_they_come, batch_size=batch_size),
+        PairSampler(partner_table(pairs), seed),
+        partial(write_batches, spec=spec, batch_size=batch_size),
     )
     return pipeline.with_epoch(batches_per_epoch) if batches_per_epoch else pipeline
