@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import struct
 import tempfile
 import zlib
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -145,3 +147,25 @@ def decode_gray_png(data: bytes) -> np.ndarray | None:
     integral = cv2.integral(rows[:, 1:], sdepth=cv2.CV_32S)  # (H+1, W+1) sums of the rectangles above-left
     prefix = (integral[1:, 1:] - integral[:-1, 1:]).astype(np.uint8)  # per-row prefix sums; the cast wraps
     return prefix if sub.all() else np.where(sub[:, None], prefix, rows[:, 1:])
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """np.load of in-memory .npy bytes (a writable array), with each distinct header parsed once: np.load parses
+    it with ast.literal_eval every time, which costs more than reading a 42x3 array."""
+    if data[:6] != b"\x93NUMPY" or data[6] not in (1, 2, 3):
+        return np.load(io.BytesIO(data), allow_pickle=False)  # raises the usual error
+    length_bytes = 2 if data[6] == 1 else 4
+    start = 8 + length_bytes + int.from_bytes(data[8:8 + length_bytes], "little")
+    shape, fortran, dtype = _npy_header(data[:start])
+    if dtype.hasobject:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    array = np.frombuffer(data, dtype, count=math.prod(shape), offset=start)
+    return array.reshape(shape, order="F" if fortran else "C").copy()
+
+
+@lru_cache(maxsize=64)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    f = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(f)

@@ -32,8 +32,8 @@ def scale_keypoints(keypoints: np.ndarray, image_size: int | tuple[int, int], re
     exactly as cv2.resize maps the image and the mask: x' = (x + 0.5) * R / size - 0.5.
     `image_size` is one side of a square crop or (width, height).
     """
-    size = np.broadcast_to(np.asarray(image_size, np.float32), (2,))
-    return (keypoints[:, :2].astype(np.float32) + 0.5) * (resolution / size) - 0.5
+    scale = resolution / np.asarray(image_size, np.float32)  # one scale, or (x, y) scales: both broadcast
+    return (keypoints[:, :2].astype(np.float32) + 0.5) * scale - 0.5
 
 
 def visible_joints(keypoints: np.ndarray) -> np.ndarray:
@@ -77,14 +77,13 @@ def _gaussian(squared_distance: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _joint_heatmaps(xy: np.ndarray, seen: np.ndarray, sigma: float, out: np.ndarray) -> np.ndarray:
-    """Gaussians of peak 1 at each seen joint into `out` (J, R, R), zero elsewhere.
+    """Gaussians of peak 1 at each seen joint into the zeroed `out` (J, R, R).
 
     Separable: a row of a joint's heatmap is its column profile times one value of its row profile. Only the
-    rows within TAIL_SIGMAS of the joint are written: most of `out` keeps the fill's zeros, and a whole
-    (J, R, R) product costs several times the fill. Vectorised over joints and rows.
+    rows within TAIL_SIGMAS of the joint are written: most of `out` keeps its zeros, and a whole (J, R, R)
+    product costs several times a fill. Vectorised over joints and rows.
     """
     resolution = out.shape[-1]
-    out.fill(0)
     joints = np.flatnonzero(seen & np.all(np.abs(xy) < 2 * resolution, axis=1))  # NaN or far off: nothing to draw
     x, y = xy[joints].T
     rows = np.rint(y)[:, None] + _window(math.ceil(TAIL_SIGMAS * sigma))  # (J', W) rows near each joint
@@ -151,11 +150,8 @@ def _mask_channel(mask: np.ndarray | None, resolution: int, out: np.ndarray | No
 
 
 def _output(mode: str, resolution: int, out: np.ndarray | None) -> np.ndarray:
-    """A zeroed (CHANNELS[mode], R, R) float32 array: `out` (a batch row, say) or a new one."""
-    if out is None:
-        return np.zeros((CHANNELS[mode], resolution, resolution), np.float32)
-    out.fill(0)
-    return out
+    """The zeroed (CHANNELS[mode], R, R) float32 array to render into: `out` (a new batch's row, say) or a new one."""
+    return np.zeros((CHANNELS[mode], resolution, resolution), np.float32) if out is None else out
 
 
 # --- The three modes -----------------------------------------------------------------------------
@@ -163,9 +159,9 @@ def heatmaps42(keypoints: np.ndarray, mask: np.ndarray | None, image_size, resol
                sigma: float = SIGMA, out: np.ndarray | None = None) -> np.ndarray:
     """FoundHand: (43, R, R) = one Gaussian heatmap per joint of both hands (unseen joint -> zeros) + mask.
 
-    Written into `out` when given (every value is set, so it need not be zeroed).
+    Rendered into `out` when given, which must be zeroed.
     """
-    out = np.empty((CHANNELS["heatmaps42"], resolution, resolution), np.float32) if out is None else out
+    out = _output("heatmaps42", resolution, out)
     _joint_heatmaps(scale_keypoints(keypoints, image_size, resolution), visible_joints(keypoints), sigma, out[:-1])
     _mask_channel(mask, resolution, out[-1])
     return out
@@ -244,7 +240,7 @@ def render_conditioning(mode: str, keypoints: np.ndarray, mask: np.ndarray | Non
                         out: np.ndarray | None = None) -> np.ndarray:
     """(CHANNELS[mode], R, R) float32 conditioning for one sample; `rng` only in training (mask dropout).
 
-    With `out` (a float32 array of that shape, such as a row of a batch) it is rendered in place.
+    With `out` (a zeroed float32 array of that shape, such as a row of a new batch) it is rendered in place.
     """
     if mode not in CONDITIONING:
         raise ValueError(f"unknown conditioning mode {mode!r}; expected one of {sorted(CONDITIONING)}")
