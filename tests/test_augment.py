@@ -1,10 +1,12 @@
 """Augmentations move image, mask and keypoints together; a flip turns a right hand into a left one."""
+import cv2
 import numpy as np
 import pytest
 
 from handloom import schema
 from handloom.params import AugmentParams, ParamsError, parse_params
-from handloom.shards.augment import Transform, apply, augment_pair, draw, flip
+from handloom.shards.augment import Transform, apply, augment_pair, crop, draw, flip
+from handloom.shards.conditioning import heatmaps42, scale_keypoints
 from handloom.shards.reader import ExampleSpec, to_example
 
 SIZE = 64
@@ -117,3 +119,32 @@ def test_augment_params_are_validated_with_their_key_path():
     assert parse_params({"train": {"augment": {"p_flip": 0.2}}}).train.augment.p_flip == 0.2
     with pytest.raises(ParamsError, match="train.augment.crop_scale"):
         parse_params({"train": {"augment": {"crop_scale": [0.9, 0.5]}}})
+
+
+def test_augmenting_at_the_model_resolution_matches_augmenting_then_resizing():
+    """The loader crops, flips and adjusts gamma straight at the model's resolution. The reference is the
+    direct computation: augment at the image's size, then resize to the model's (INTER_AREA) and render."""
+    size, r = 128, 64
+    rng = np.random.default_rng(5)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), (0, 0), 2)
+    mask = cv2.circle(np.zeros((size, size), np.uint8), (60, 70), 30, 255, -1)
+    k = schema.empty_keypoints()
+    k[:, :2], k[:, 2] = rng.uniform(2, size - 3, (schema.NUM_KEYPOINTS, 2)), 1
+    k[schema.hand_rows("left")] = 0  # one hand absent: its rows must stay all-zero
+    s = dict(key="toy/train/s/0-0", image=image, mask=mask, keypoints=k, meta={})
+    p = AugmentParams(gamma=(0.8, 1.25), p_flip=0.5, crop_scale=(0.8, 1.0))
+    for seed in range(16):
+        t = draw(np.random.default_rng(seed), p, size, size)
+        fast, slow = apply(s, t, size=r), apply(s, t)
+        assert fast["image"].shape == (r, r, 3) and fast["mask"].shape == (r, r)
+        slow_image = cv2.resize(slow["image"], (r, r), interpolation=cv2.INTER_AREA)
+        assert np.abs(fast["image"].astype(int) - slow_image).mean() < 1.0  # grey levels of 255
+        np.testing.assert_array_equal(fast["keypoints"][:, 2], slow["keypoints"][:, 2])
+        np.testing.assert_array_equal(fast["keypoints"] == 0, slow["keypoints"] == 0)
+        present = slow["keypoints"].any(axis=1)
+        np.testing.assert_allclose(fast["keypoints"][present, :2],
+                                   scale_keypoints(slow["keypoints"], size, r)[present], atol=1e-4)
+        fast_heat, slow_heat = heatmaps42(fast["keypoints"], fast["mask"], r, r), heatmaps42(
+            slow["keypoints"], slow["mask"], size, r)
+        np.testing.assert_allclose(fast_heat[:-1], slow_heat[:-1], atol=1e-4)
+        assert np.abs(fast_heat[-1] - slow_heat[-1]).mean() < 0.01  # the mask channel's coverage

@@ -131,3 +131,16 @@ def test_render_panel_writes_a_png(tmp_path, mask):
     path = render_panel(image, keypoints(left=mirrored(RIGHT_HAND)), mask, tmp_path / "docs" / "panel.png")
     panel = cv2.imread(str(path))
     assert panel.shape == (256, 6 * 256, 3) and panel.std() > 0
+
+
+def test_heatmaps_are_the_exact_gaussians_up_to_their_cut_tail():
+    """Rendered in windows around the joints; a joint near or past the border is cut by it, not moved."""
+    xy = np.array([(0.3, 0.2), (63.6, 40.1), (-2.0, 30.0), (31.5, 66.0), (20.25, 7.75)], np.float32)  # model px
+    k = empty_keypoints()
+    k[:len(xy), :2], k[:len(xy), 2] = 4 * xy + 1.5, 1  # image px of a 512 crop
+    heat = heatmaps42(k, None, IMAGE, R, sigma=1.5)
+    ys, xs = np.mgrid[:R, :R]
+    for j, (x, y) in enumerate(xy):
+        exact = np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 1.5**2))
+        np.testing.assert_allclose(heat[j], exact, atol=4e-6)
+    assert not heat[len(xy):].any()

@@ -73,9 +73,9 @@ def decode_sample(members: dict, min_side: int | None = None) -> dict:
         return dict(key=meta["key"], image=decode_image(members["jpg"]), mask=mask, keypoints=keypoints, meta=meta)
     bgr = cv2.imdecode(np.frombuffer(members["jpg"], np.uint8), REDUCED_COLOR[factor])
     (h, w), (mh, mw) = bgr.shape[:2], mask.shape
-    present = np.any(keypoints != 0, axis=1)  # absent (all-zero) rows stay zero
+    present = keypoints.any(axis=1, keepdims=True)  # absent (all-zero) rows stay zero
     # Pixel centres map onto centres, as cv2.resize maps them: x' = (x + 0.5) * w / W - 0.5.
-    keypoints[present, :2] = (keypoints[present, :2] + 0.5) * np.float32([w / mw, h / mh]) - 0.5
+    keypoints[:, :2] = np.where(present, (keypoints[:, :2] + 0.5) * np.float32([w / mw, h / mh]) - 0.5, 0)
     return dict(key=meta["key"], image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), keypoints=keypoints, meta=meta,
                 mask=cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA))
 
@@ -113,7 +113,9 @@ def write_image(out: np.ndarray, image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> `out` (3, R, R) float32 in [-1, 1]; the one resize every consumer of pixels shares."""
     if image.shape[:2] != out.shape[1:]:
         image = cv2.resize(image, out.shape[:0:-1], interpolation=cv2.INTER_AREA)
-    return np.take(PIXEL_VALUES, image.transpose(2, 0, 1), out=out)
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1)).reshape(-1, image.shape[1])  # (3 * R, R) uint8
+    cv2.LUT(planes, PIXEL_VALUES, dst=out.reshape(planes.shape))  # ~2x np.take's speed
+    return out
 
 
 def image_tensor(image: np.ndarray, resolution: int) -> torch.Tensor:
