@@ -306,7 +306,8 @@ def main() -> None:
     # What a run skips keeps the figures a previous run recorded.
     result = json.loads(RESULTS.read_text()).get("prefect", {}) if RESULTS.exists() else {}
     result.update(setup=SETUP.format(short=json.dumps(SHORT_RUN)), cpus=os.cpu_count(),
-                  load_average_at_start=round(os.getloadavg()[0], 2), command="python benchmarks/bench_prefect.py")
+                  load_average_at_start=round(os.getloadavg()[0], 2),
+                  command=" ".join(["python benchmarks/bench_prefect.py", *sys.argv[1:]]))
     with tempfile.TemporaryDirectory(prefix="bench-prefect-") as tmp:
         tmp = Path(tmp)
         (tmp / "prefect").mkdir()
