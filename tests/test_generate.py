@@ -95,7 +95,7 @@ def test_mode_sets_the_flag_and_keypoints_follow_the_centre_crop(checkpoint, mon
     assert model.spec.resolution == 16 and model.spec.conditioning == "heatmaps42"
     seen = []
     sample = model.module.sample
-    monkeypatch.setattr(model.module, "sample", lambda batch, *a: seen.append(batch) or sample(batch, *a))
+    monkeypatch.setattr(model.module, "sample", lambda batch, *a, **k: seen.append(batch) or sample(batch, *a, **k))
     rng = np.random.default_rng(1)
     reference, keypoints = rng.integers(0, 256, (56, 40, 3), np.uint8), toy_keypoints(rng, 40)
     for mode in ("pose", "view"):

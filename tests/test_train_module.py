@@ -245,6 +245,8 @@ def test_samples_are_seeded():
     assert not torch.equal(first, sample(6))
     assert first.shape == batch["target"].shape and first.abs().max() <= 1
     assert not torch.equal(first, sample(5, use_ema=False))
+    stochastic = sample(5, eta=1.0)  # DDIM's η reaches the sampler, still seeded
+    assert torch.equal(stochastic, sample(5, eta=1.0)) and not torch.equal(first, stochastic)
 
 
 def test_hand_loss_weight_weighs_the_target_mask():

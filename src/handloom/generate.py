@@ -184,7 +184,8 @@ def generate(reference: str | Path | np.ndarray, target_keypoints: np.ndarray, m
              model: HandGenerator, target_size: tuple[int, int] | None = None,
              reference_keypoints: np.ndarray | None = None, reference_mask: np.ndarray | None = None,
              steps: int = SAMPLING.sample_steps, appearance_scale: float = SAMPLING.appearance_scale,
-             pose_scale: float = SAMPLING.pose_scale, seed: int = 0, size: int | None = None,
+             pose_scale: float = SAMPLING.pose_scale, eta: float = SAMPLING.eta, seed: int = 0,
+             size: int | None = None,
              detector=None) -> np.ndarray:
     """The reference's hand in the target pose (mode "pose") or seen from the target's view ("view").
 
@@ -213,7 +214,7 @@ def generate(reference: str | Path | np.ndarray, target_keypoints: np.ndarray, m
     example = to_example(hand_sample(square, reference_keypoints, mask), hand_sample(blank, target, None), mode,
                          model.spec, rng=None)
     batch = {k: v[None].to(model.device) for k, v in example.items()}
-    generated = model.module.sample(batch, steps, appearance_scale, pose_scale, seed)  # (1, 3, R, R) in [-1, 1]
+    generated = model.module.sample(batch, steps, appearance_scale, pose_scale, seed, eta=eta)  # (1, 3, R, R), [-1, 1]
     return resized(to_uint8_image(generated[0]), size)
 
 

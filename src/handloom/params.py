@@ -203,6 +203,7 @@ class EvaluateParams(Section):
     sample_steps: int = Field(25, ge=1)
     appearance_scale: float = Field(1.5, ge=0)
     pose_scale: float = Field(1.5, ge=0)
+    eta: float = Field(0.0, ge=0, le=1)  # DDIM's η: 0 deterministic, 1 as stochastic as DDPM
     # Local LPIPS weights (nothing is downloaded), read by `evaluate.metrics.load_lpips`; null skips LPIPS.
     lpips_path: str | None = None
     # Local FID/KID feature extractor for `evaluate.metrics.load_feature_extractor`: an Inception-v3 state dict

@@ -301,7 +301,7 @@ class HandDiffusionModule(L.LightningModule):
     # --- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, batch: dict, steps: int, appearance_scale: float, pose_scale: float, seed: int,
-               use_ema: bool = True) -> torch.Tensor:
+               use_ema: bool = True, eta: float = 0.0) -> torch.Tensor:
         """Target images in [-1, 1] for the batch's reference and target conditioning, by guided DDIM."""
         model = self.ema if use_ema else self.model
         reference = self.model_space(batch, "reference")
@@ -313,7 +313,7 @@ class HandDiffusionModule(L.LightningModule):
                                           batch["flag"], appearance_scale, pose_scale)
 
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        latents = self.diffusion.ddim_sample(guided, shape, steps, generator=generator,
+        latents = self.diffusion.ddim_sample(guided, shape, steps, eta, generator=generator,
                                              clip_denoised=self.autoencoder is None)
         return self.decode(latents).clamp(-1, 1)
 
