@@ -13,7 +13,7 @@ from handloom.datasets.ingest import ingest
 from handloom.datasets.samples import sample_params
 from handloom.datasets.store import keypoints_array, read_manifest, read_rejects
 from handloom.datasets.summary import counts_table, render_overlays
-from handloom.params import FreiHANDParams, HaGRIDParams, parse_params
+from handloom.params import HaGRIDParams, parse_params
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_samples"
 ROOT = Path(__file__).resolve().parents[1]

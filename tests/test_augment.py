@@ -5,7 +5,7 @@ import pytest
 
 from handloom import schema
 from handloom.params import AugmentParams, ParamsError, parse_params
-from handloom.shards.augment import Transform, apply, augment_pair, crop, draw, flip
+from handloom.shards.augment import Transform, apply, augment_pair, draw, flip
 from handloom.shards.conditioning import heatmaps42, scale_keypoints
 from handloom.shards.reader import ExampleSpec, to_example
 

@@ -167,6 +167,7 @@ class TrainParams(Section):
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
     prediction: Literal["eps", "v"] = "eps"
+    beta_schedule: Literal["linear", "cosine"] = "linear"  # cosine: Nichol & Dhariwal, kinder to low resolutions
     diffusion_steps: int = Field(1000, ge=10)
     batch_size: int = Field(16, ge=1)
     max_steps: int = Field(300, ge=1)

@@ -105,14 +105,18 @@ class SampleKey:
 
 # --- Tables ----------------------------------------------------------------------------------
 KEYPOINTS_TYPE = pa.list_(pa.float32(), NUM_KEYPOINTS * 3)  # flattened 42x3, row-major
-
-MANIFEST = pa.schema([
+# A sample's key and its parts, first in the manifest and in the shard index alike.
+SAMPLE_ID_FIELDS = [
     ("key", pa.string()),
     ("dataset", pa.string()),
     ("split", pa.string()),
     ("sequence", pa.string()),
     ("frame", pa.int32()),
     ("camera", pa.string()),
+]
+
+MANIFEST = pa.schema([
+    *SAMPLE_ID_FIELDS,
     ("image_uri", pa.string()),       # `<images file relative to the manifest>#<key>` or a path/URL
     ("image_sha256", pa.string()),
     ("width", pa.int32()),
@@ -153,12 +157,7 @@ REJECTS = pa.schema([
 ])
 
 SHARD_INDEX = pa.schema([
-    ("key", pa.string()),
-    ("dataset", pa.string()),
-    ("split", pa.string()),
-    ("sequence", pa.string()),
-    ("frame", pa.int32()),
-    ("camera", pa.string()),
+    *SAMPLE_ID_FIELDS,
     ("shard", pa.string()),      # tar file name relative to the shards directory
     ("offset", pa.int64()),      # byte offset of the sample's first member header in the tar
     ("mp_detected", pa.int8()),  # hands MediaPipe found
