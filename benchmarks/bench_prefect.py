@@ -45,8 +45,9 @@ SHORT_RUN = {"train.max_steps": 4, "train.sample_every_n_steps": 4, "train.log_e
              "train.checkpoint_every_n_steps": 4, "evaluate.sample_steps": 4}
 
 
-def workspace(dest: Path) -> Path:
-    """`git clone` of the project, the working tree's edits and new files copied over it, SHORT_RUN applied."""
+def workspace(dest: Path, short: bool = True) -> Path:
+    """`git clone` of the project, the working tree's edits and new files copied over it, SHORT_RUN applied
+    unless `short` is False (params.yaml as it is)."""
     from handloom.orchestrate.overrides import apply_overrides
 
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
@@ -56,7 +57,8 @@ def workspace(dest: Path) -> Path:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    apply_overrides(dest / "params.yaml", SHORT_RUN)
+    if short:
+        apply_overrides(dest / "params.yaml", SHORT_RUN)
     return dest
 
 
@@ -298,14 +300,21 @@ def main() -> None:
     ap.add_argument("--skip-pipeline", action="store_true", help="only the Dask fan-out")
     ap.add_argument("--chunk-size", type=int, default=64, help="the flow's default annotate_chunk_size")
     ap.add_argument("--dask-rounds", type=int, default=3, help="1 and 2 workers in turn; the median of each counts")
+    ap.add_argument("--default-params", action="store_true",
+                    help="the pipeline with params.yaml as it is (full training), no fan-out part; "
+                         "recorded under prefect_default")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return run_child(*args.child)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `kill` still stops the server and cleans up
     # What a run skips keeps the figures a previous run recorded.
-    result = json.loads(RESULTS.read_text()).get("prefect", {}) if RESULTS.exists() else {}
-    result.update(setup=SETUP.format(short=json.dumps(SHORT_RUN)), cpus=os.cpu_count(),
+    key = "prefect_default" if args.default_params else "prefect"
+    result = json.loads(RESULTS.read_text()).get(key, {}) if RESULTS.exists() else {}
+    setup = SETUP.format(short=json.dumps(SHORT_RUN))
+    if args.default_params:
+        setup = "flow vs dvc repro on the default pipeline with params.yaml as it is (no SHORT_RUN), in turn"
+    result.update(setup=setup, cpus=os.cpu_count(),
                   load_average_at_start=round(os.getloadavg()[0], 2),
                   command=" ".join(["python benchmarks/bench_prefect.py", *sys.argv[1:]]))
     with tempfile.TemporaryDirectory(prefix="bench-prefect-") as tmp:
@@ -315,11 +324,12 @@ def main() -> None:
             with prefect_server(tmp / "prefect") as (api, server):
                 os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "prefect"), **{
                     k: v for k, v in ENV.items() if k in ("DO_NOT_TRACK", "DVC_NO_ANALYTICS", "HF_HUB_OFFLINE")})
-                snapshot = workspace(tmp / "snapshot")
-                # The fan-out first (its figures are recorded even if the long part fails) on its own ingest.
-                result.update(bench_fanout(tmp, ingest_only(fresh_copy(snapshot, tmp / "ingest")), args.chunk_size,
-                                           args.dask_rounds))
-                record("prefect", dict(sorted(result.items())))
+                snapshot = workspace(tmp / "snapshot", short=not args.default_params)
+                if not args.default_params:
+                    # The fan-out first (its figures are recorded even if the long part fails) on its own ingest.
+                    result.update(bench_fanout(tmp, ingest_only(fresh_copy(snapshot, tmp / "ingest")),
+                                               args.chunk_size, args.dask_rounds))
+                    record(key, dict(sorted(result.items())))
                 if not args.skip_pipeline:
                     result.update(pipeline_figures(bench_pipeline(tmp, snapshot, server, args.rounds)))
                     print(f"flow / dvc repro: overhead {100 * result['overhead']:+.1f} % (median of {args.rounds}), "
@@ -327,7 +337,7 @@ def main() -> None:
         finally:  # a failed run may leave a child running: stop all this started
             stop(psutil.Process().children(recursive=True))
     result["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    record("prefect", dict(sorted(result.items())))
+    record(key, dict(sorted(result.items())))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict, str))}, indent=1))
 
 
