@@ -1,6 +1,7 @@
 """Prefect flows over a tiny DVC repo: DVC's graph, side-by-side stages, skips, failures named by stage,
 params overrides, timeouts, and the annotate fan-out writing byte for byte what the stage writes."""
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -157,3 +158,18 @@ def test_fanout_stands_in_only_for_the_command_it_knows():
     assert fanout_dataset("annotate@freihand", "python stages/annotate.py freihand --fast") is None
     assert fanout_dataset("ingest@freihand", "python stages/annotate.py freihand") is None
     assert chunk_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)] and chunk_ranges(0, 2) == []
+
+
+def test_stages_do_not_inherit_the_thread_limits_dask_leaves_behind(monkeypatch):
+    from distributed import LocalCluster
+
+    from handloom.orchestrate.dvcrun import ENV_AT_START, NANNY_ENV, stage_env
+
+    for key in NANNY_ENV:  # whatever the cluster writes is undone after the test
+        monkeypatch.setenv(key, "sentinel")
+        monkeypatch.delenv(key)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None):
+        pass
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # the Nanny's pre-spawn-environ, in this process
+    env = stage_env()
+    assert {k: env.get(k) for k in NANNY_ENV} == ENV_AT_START

@@ -30,8 +30,9 @@ def test_fit_resumes_exactly_from_the_persisted_checkpoint(toy_dataset):
 
 def test_changed_architecture_starts_fresh(toy_dataset):
     shards_dir, models, logs = shards(toy_dataset), toy_dataset / "models", toy_dataset / "logs"
-    fit(TrainParams(max_steps=2, **TINY), shards_dir, models, logs)
+    fit(TrainParams(max_steps=2, checkpoint_every_n_steps=1, **TINY), shards_dir, models, logs)
     wider = dict(TINY, model=dict(TINY["model"], hidden_size=64))
-    fit(TrainParams(max_steps=3, **wider), shards_dir, models, logs)
+    fit(TrainParams(max_steps=3, checkpoint_every_n_steps=1, **wider), shards_dir, models, logs)
     state = torch.load(models / CHECKPOINT, weights_only=True)
     assert state["global_step"] == 3 and state["hyper_parameters"]["config"]["hidden_size"] == 64
+    assert [p.name for p in models.iterdir()] == [CHECKPOINT]  # overwritten, no last-v1.ckpt beside it

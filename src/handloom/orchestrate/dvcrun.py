@@ -36,9 +36,21 @@ class StageFailed(RuntimeError):
         self.stage, self.tail = stage, tail
 
 
+# Dask's Nanny writes these into its *parent's* os.environ when it spawns a worker (distributed's
+# `nanny.pre-spawn-environ`): after an annotate fan-out, every stage launched from the flow process would
+# inherit OMP_NUM_THREADS=1 and train on one core. Stages get them as they were when the flow started.
+NANNY_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+ENV_AT_START = {k: os.environ.get(k) for k in NANNY_ENV}
+
+
 def stage_env() -> dict[str, str]:
     """The stage commands' `python` is this interpreter's, whatever PATH the worker was started with."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1")
+    for key, value in ENV_AT_START.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 

@@ -122,7 +122,9 @@ def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
     ckpt, step = resumable_checkpoint(models_dir, config)
     module = HandDiffusionModule(config, repa_encoder=repa_encoder, autoencoder=load_autoencoder(p.vae_path))
     logger = LiveLogger(dir=str(log_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False, report=None)
-    checkpoints = ModelCheckpoint(dirpath=models_dir, save_last=True, save_top_k=0,
+    # No version counter: a run that starts afresh overwrites last.ckpt instead of adding last-v1.ckpt, ...
+    # to the persisted directory.
+    checkpoints = ModelCheckpoint(dirpath=models_dir, save_last=True, save_top_k=0, enable_version_counter=False,
                                   every_n_train_steps=p.checkpoint_every_n_steps)
     trainer = L.Trainer(**trainer_options(p), logger=logger, callbacks=[checkpoints], plugins=[AtomicCheckpointIO()])
     if trainer.is_global_zero:
