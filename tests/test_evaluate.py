@@ -102,9 +102,9 @@ def test_distribution_metrics_read_only_the_hand_pixels():
     masks[..., 2:6, 2:6] = 1
     extractor = nn.Flatten()  # the pixels themselves
     other_background = torch.where(masks.bool(), target, torch.rand(12, 3, 8, 8, generator=g) * 2 - 1)
-    same = distribution_metrics(extractor, other_background, target, masks)
+    white_hands = torch.ones_like(target)
+    same, other_hands = distribution_metrics(extractor, target, masks, other_background, white_hands)
     assert same["fid"] == pytest.approx(0.0, abs=1e-6)
-    other_hands = distribution_metrics(extractor, torch.ones_like(target), target, masks)  # white hands
     assert other_hands["fid"] > 0.01 and other_hands["kid_mean"] > 10 * abs(same["kid_mean"])
 
 

@@ -92,11 +92,15 @@ def image_metrics(generated: torch.Tensor, target: torch.Tensor, perceptual: met
     return scores
 
 
-def distribution_metrics(extractor: torch.nn.Module, generated: torch.Tensor, target: torch.Tensor,
-                         masks: torch.Tensor) -> dict:
-    """FID and KID of images in [-1, 1] on the target's hand pixels only (Pelykh), features from `extractor`."""
-    real, fake = (metrics.extract_features(extractor, (x + 1) / 2, masks) for x in (target, generated))
-    return metrics.fid_kid(real, fake)
+def distribution_metrics(extractor: torch.nn.Module, target: torch.Tensor, masks: torch.Tensor,
+                         *generated: torch.Tensor) -> list[dict]:
+    """FID and KID of each generated set against the target, images in [-1, 1], on the target's hand pixels
+    only (Pelykh); the target's features are extracted once for all sets."""
+    def features(images: torch.Tensor):
+        return metrics.extract_features(extractor, (images + 1) / 2, masks)
+
+    real = features(target)
+    return [metrics.fid_kid(real, features(images)) for images in generated]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -135,8 +139,10 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
                   per_kind=per_group(pairs, "kind", scores), per_dataset=per_group(pairs, "dataset", scores))
     if p.fid_extractor_path:  # over all pairs only: a distance between distributions needs many samples
         extractor = metrics.load_feature_extractor(p.fid_extractor_path)
-        result.update(distribution_metrics(extractor, generated, batch["target"], batch["target_mask"]))
-        result["untrained"].update(distribution_metrics(extractor, baseline, batch["target"], batch["target_mask"]))
+        trained_scores, untrained_scores = distribution_metrics(extractor, batch["target"], batch["target_mask"],
+                                                                generated, baseline)
+        result.update(trained_scores)
+        result["untrained"].update(untrained_scores)
     remove_torn_writes(out_dir)
     with atomic_path(out_dir / SAMPLES_FILE) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **pixels, target_keypoints=target_keypoints, generated_keypoints=detected["generated"],
