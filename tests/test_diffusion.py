@@ -72,6 +72,26 @@ def test_training_loss_is_zero_for_the_oracle_and_one_for_a_zero_eps_model(predi
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_loss_is_the_x0_error_weighted_by_min_snr_gamma(prediction):
+    """A model whose x0 estimate is off by δ everywhere: with Min-SNR-γ the ε and the v loss both become
+    δ² · min(SNR_t, γ) (Hang et al., eq. 7), whatever the prediction; without γ they differ."""
+    delta, gamma, n = 0.1, 5.0, 64
+    losses = {}
+    for g in (gamma, None):
+        diffusion = GaussianDiffusion(schedule="cosine", prediction=prediction, min_snr_gamma=g)
+        x0 = torch.rand(n, 3, 4, 4) * 2 - 1
+        perfect = oracle(diffusion, x0 + delta)
+        losses[g] = diffusion.training_loss(perfect, x0, generator=torch.Generator().manual_seed(0))[0].item()
+    t = torch.randint(0, 1000, (n,), generator=torch.Generator().manual_seed(0))
+    alpha_bar = torch.cumprod(1 - beta_schedule("cosine", 1000), 0)[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    assert losses[gamma] == pytest.approx(delta ** 2 * snr.clamp(max=gamma).mean().item(), rel=1e-4)
+    unweighted = snr if prediction == "eps" else snr + 1  # what each loss is in x0 terms without γ
+    assert losses[None] == pytest.approx(delta ** 2 * unweighted.mean().item(), rel=1e-4)
+    assert losses[None] > 10 * losses[gamma]  # the clean end dominated the plain loss
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_ddim_with_the_oracle_lands_on_the_data(prediction, eta):
     diffusion = GaussianDiffusion(prediction=prediction)

@@ -260,3 +260,13 @@ def test_hand_loss_weight_weighs_the_target_mask():
     losses = [perturbed(HandDiffusionModule(config(hand_loss_weight=w))).losses(
         batch, drop=False, generator=torch.Generator().manual_seed(0))["diffusion"].item() for w in (1.0, 5.0)]
     assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+
+
+def test_min_snr_gamma_reaches_the_loss():
+    plain, weighted = (HandDiffusionModule(config(min_snr_gamma=g, prediction="v")).diffusion for g in (None, 5.0))
+    assert plain.loss_weight.eq(1).all()
+    snr = plain.sqrt_alpha_bar ** 2 / plain.sqrt_one_minus_alpha_bar ** 2
+    torch.testing.assert_close(weighted.loss_weight, snr.clamp(max=5.0) / (snr + 1))
+    # For v the weight peaks at γ / (γ + 1) where SNR = γ and fades at both ends.
+    assert weighted.loss_weight.max().item() == pytest.approx(5 / 6, abs=0.01)
+    assert weighted.loss_weight[0] < 0.01 and weighted.loss_weight[-1] < 0.01

@@ -168,6 +168,7 @@ class TrainParams(Section):
     model: ModelParams = ModelParams()
     prediction: Literal["eps", "v"] = "eps"
     beta_schedule: Literal["linear", "cosine"] = "linear"  # cosine: Nichol & Dhariwal, kinder to low resolutions
+    min_snr_gamma: float | None = Field(None, gt=0)  # Min-SNR-γ loss weighting (Hang et al., γ=5); null: plain MSE
     diffusion_steps: int = Field(1000, ge=10)
     batch_size: int = Field(16, ge=1)
     max_steps: int = Field(300, ge=1)

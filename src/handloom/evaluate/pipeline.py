@@ -126,12 +126,13 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
     images = {"reference": batch["reference"], "target": batch["target"], "generated": generated, "untrained": baseline}
     pixels = {k: to_uint8(v) for k, v in images.items()}
     with make_detector(0.1) as detector:
-        detected = {k: detect_all(pixels[k], detector) for k in ("generated", "target")}
+        detected = {k: detect_all(pixels[k], detector) for k in ("generated", "untrained", "target")}
     perceptual = metrics.load_lpips(p.lpips_path) if p.lpips_path else None
 
     def scores(rows: np.ndarray) -> dict:
         return dict(image_metrics(generated[rows], batch["target"][rows], perceptual),
-                    untrained=image_metrics(baseline[rows], batch["target"][rows], perceptual),
+                    untrained=dict(image_metrics(baseline[rows], batch["target"][rows], perceptual),
+                                   hands=hand_metrics(detected["untrained"][rows], target_keypoints[rows])),
                     hands=hand_metrics(detected["generated"][rows], target_keypoints[rows]),
                     hands_on_real_targets=hand_metrics(detected["target"][rows], target_keypoints[rows]))
 

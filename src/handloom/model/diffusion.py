@@ -31,7 +31,8 @@ def model_prediction(out) -> torch.Tensor:
 class GaussianDiffusion(nn.Module):
     """DDPM forward process and losses, DDIM sampling. A Module only so its tables follow the model's device."""
 
-    def __init__(self, num_steps: int = 1000, schedule: str = "linear", prediction: str = "eps"):
+    def __init__(self, num_steps: int = 1000, schedule: str = "linear", prediction: str = "eps",
+                 min_snr_gamma: float | None = None):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, not {prediction!r}")
@@ -40,6 +41,15 @@ class GaussianDiffusion(nn.Module):
         # Computed in float64, kept in float32; derived, so not part of checkpoints.
         self.register_buffer("sqrt_alpha_bar", alpha_bar.sqrt().float(), persistent=False)
         self.register_buffer("sqrt_one_minus_alpha_bar", (1 - alpha_bar).sqrt().float(), persistent=False)
+        self.register_buffer("loss_weight", self.min_snr_weights(alpha_bar, min_snr_gamma).float(), persistent=False)
+
+    def min_snr_weights(self, alpha_bar: torch.Tensor, gamma: float | None) -> torch.Tensor:
+        """Per-timestep loss weights of Min-SNR-γ (Hang et al. 2023): the x0 error weighted by min(SNR, γ), so
+        the nearly clean steps stop dominating the gradient; written for the ε or v loss. All ones without γ."""
+        if gamma is None:
+            return torch.ones_like(alpha_bar)
+        snr = alpha_bar / (1 - alpha_bar)
+        return snr.clamp(max=gamma) / (snr if self.prediction == "eps" else snr + 1)
 
     def _coefficients(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """√ᾱ_t and √(1-ᾱ_t) shaped to broadcast over x; t = -1 means "clean" (ᾱ = 1), DDIM's last step."""
@@ -70,7 +80,8 @@ class GaussianDiffusion(nn.Module):
 
     def training_loss(self, model_fn: Callable, x0: torch.Tensor, generator: torch.Generator | None = None,
                       weight: torch.Tensor | None = None, **cond) -> tuple[torch.Tensor, dict]:
-        """MSE between the model's prediction at a uniform random t and its target; also the model's outputs.
+        """MSE between the model's prediction at a uniform random t and its target (Min-SNR weighted when the
+        diffusion has a γ); also the model's outputs.
 
         `model_fn(x_t, t, **cond)` returns a tensor or a dict with "out". `weight`, broadcast over x0,
         weighs the squared error per element (normalised by its mean, so the loss keeps its scale).
@@ -80,6 +91,7 @@ class GaussianDiffusion(nn.Module):
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         out = model_fn(self.q_sample(x0, t, noise), t, **cond)
         error = (model_prediction(out).float() - self.training_target(x0, t, noise).float()) ** 2
+        error = error * self.loss_weight[t].view((-1,) + (1,) * (error.dim() - 1))
         if weight is None:
             loss = error.mean()
         else:

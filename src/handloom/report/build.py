@@ -90,6 +90,7 @@ def metric_row(scores: dict) -> dict:
     perceptual = dict(lpips=scores["lpips"], lpips_untrained=untrained["lpips"]) if "lpips" in scores else {}
     return dict(psnr=scores["psnr"], psnr_untrained=untrained["psnr"], ssim=scores["ssim"],
                 ssim_untrained=untrained["ssim"], **perceptual, hands_detected=h["detection_rate"],
+                hands_detected_untrained=untrained.get("hands", {}).get("detection_rate"),  # older metrics.json: none
                 confidence=h["detection_confidence"], pck_0_2=h["pck_0_2"], mpjpe=h["mpjpe"],
                 joint_ratio_diff=h["joint_ratio_difference"])
 

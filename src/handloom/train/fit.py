@@ -39,7 +39,7 @@ def train_config(p: TrainParams) -> TrainConfig:
         input_size=input_size, image_channels=image_channels, cond_channels=CHANNELS[p.conditioning],
         depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
         mlp_ratio=m.mlp_ratio, mask_head=m.mask_head, num_diffusion_steps=p.diffusion_steps, prediction=p.prediction,
-        beta_schedule=p.beta_schedule,
+        beta_schedule=p.beta_schedule, min_snr_gamma=p.min_snr_gamma,
         lr=p.lr, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
         ema_decay=p.ema_decay, p_drop_reference=p.p_drop_reference, p_drop_pose=p.p_drop_pose,
         p_drop_both=p.p_drop_both, mask_loss_weight=p.mask_loss_weight, hand_loss_weight=p.hand_loss_weight,

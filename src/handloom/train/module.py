@@ -38,6 +38,7 @@ class TrainConfig:
     num_diffusion_steps: int = 1000
     beta_schedule: str = "linear"
     prediction: str = "eps"
+    min_snr_gamma: float | None = None  # Min-SNR-γ loss weighting; None: plain MSE
     # Optimisation (gradient clipping is the Trainer's gradient_clip_val).
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -144,7 +145,8 @@ class HandDiffusionModule(L.LightningModule):
         # rather than swa_utils.AveragedModel: no wrapper prefix in keys, no n_averaged bookkeeping,
         # and one fused _foreach_lerp_ per step.
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.diffusion = GaussianDiffusion(config.num_diffusion_steps, config.beta_schedule, config.prediction)
+        self.diffusion = GaussianDiffusion(config.num_diffusion_steps, config.beta_schedule, config.prediction,
+                                           config.min_snr_gamma)
         self._step_batch: dict | None = None  # the step's last batch, for its sample grid
         self.generator: torch.Generator | None = None  # made in on_train_start
         self._resumed_generator_states = None
