@@ -36,3 +36,18 @@ def test_changed_architecture_starts_fresh(toy_dataset):
     state = torch.load(models / CHECKPOINT, weights_only=True)
     assert state["global_step"] == 3 and state["hyper_parameters"]["config"]["hidden_size"] == 64
     assert [p.name for p in models.iterdir()] == [CHECKPOINT]  # overwritten, no last-v1.ckpt beside it
+
+
+def test_checkpoint_bytes_do_not_depend_on_the_folder(toy_dataset, recwarn):
+    """The same training in two clones writes the same last.ckpt (so the same DVC hash), and resumes quietly."""
+    shards_dir, runs = shards(toy_dataset), [toy_dataset / "a", toy_dataset / "b" / "deeper"]
+    for run in runs:
+        fit(TrainParams(max_steps=2, **TINY), shards_dir, run / "models", run / "logs")
+    first, second = ((run / "models" / CHECKPOINT).read_bytes() for run in runs)
+    assert first == second
+    callback = next(s for s in torch.load(runs[0] / "models" / CHECKPOINT, weights_only=True)["callbacks"].values()
+                    if "dirpath" in s)
+    assert callback["dirpath"] == "." and callback["last_model_path"] == CHECKPOINT
+    fit(TrainParams(max_steps=3, **TINY), shards_dir, runs[0] / "models", runs[0] / "logs")
+    assert torch.load(runs[0] / "models" / CHECKPOINT, weights_only=True)["global_step"] == 3
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import lightning as L
@@ -83,12 +84,37 @@ def trainer_options(p: TrainParams) -> dict:
                 enable_model_summary=False, limit_val_batches=0, deterministic=False)
 
 
+CHECKPOINT_PATHS = ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def rebase_checkpoint_paths(checkpoint: dict, convert) -> dict:
+    """The checkpoint with `convert` applied to the paths ModelCheckpoint keeps in its callback state."""
+    callbacks = {}
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if isinstance(state, dict) and "dirpath" in state:
+            state = {**state, **{k: convert(state[k]) for k in CHECKPOINT_PATHS if state.get(k)},
+                     "best_k_models": {convert(k): v for k, v in state.get("best_k_models", {}).items()}}
+        callbacks[key] = state
+    return {**checkpoint, "callbacks": callbacks} if "callbacks" in checkpoint else checkpoint
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes beside the target and renames: a kill -9 mid-save leaves the previous checkpoint, never a torn one."""
+    """Writes beside the target and renames: a kill -9 mid-save leaves the previous checkpoint, never a torn one.
+
+    ModelCheckpoint's absolute paths are stored relative to the checkpoint's folder, so the same training gives
+    the same bytes (and DVC hash) in any clone, and made absolute again on load, as Lightning expects.
+    """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        folder = Path(path).resolve().parent
+        checkpoint = rebase_checkpoint_paths(checkpoint, lambda p: os.path.relpath(p, folder))
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+
+    def load_checkpoint(self, path, *args, **kwargs) -> dict:
+        folder = Path(path).resolve().parent
+        checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        return rebase_checkpoint_paths(checkpoint, lambda p: os.path.realpath(folder / p))
 
 
 def resumable_checkpoint(models_dir: Path, config: TrainConfig) -> tuple[Path | None, int]:
