@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 from conftest import TOY_SPECS, toy_keypoints, write_toy_dataset
 
 from handloom import schema
-from handloom.cli import main
+from handloom.cli import main, sampling_options
 from handloom.generate import NoHandError, generate, into_square, load_generator
 from handloom.io import decode_image, encode_png
 from handloom.params import EvaluateParams, ShardParams, TrainParams
@@ -137,3 +138,13 @@ def test_the_report_panel_draws_pose_and_view_pairs(checkpoint):
     grid = generate_examples_grid(checkpoint.parent, checkpoint.parents[1] / "shards", TrainParams(**TINY),
                                   EvaluateParams(sample_steps=2), per_mode=1)
     assert grid.shape == (24 + 2 * CELL, 4 * CELL, 3)  # header, then a pose row and a view row
+
+
+def test_cli_sampling_takes_the_flags_given_and_the_evaluate_settings_otherwise():
+    evaluate = EvaluateParams(sample_steps=4, appearance_scale=1.5, pose_scale=2.5, eta=0.3)
+    unset = dict(steps=None, appearance_scale=None, pose_scale=None, size=None)
+    assert sampling_options(Namespace(**unset), evaluate) == dict(steps=4, appearance_scale=1.5, pose_scale=2.5,
+                                                                  eta=0.3, size=None)
+    flags = dict(unset, steps=9, pose_scale=0.0, size=32)  # a zero scale is a choice, not "unset"
+    assert sampling_options(Namespace(**flags), evaluate) == dict(steps=9, appearance_scale=1.5, pose_scale=0.0,
+                                                                  eta=0.3, size=32)

@@ -71,9 +71,8 @@ def add_outpaint(commands) -> None:
 
 def sampling_options(args, evaluate) -> dict:
     """Flags the user set, else the evaluate stage's settings (what the report's numbers were measured with)."""
-    return dict(steps=args.steps or evaluate.sample_steps, size=args.size,
-                appearance_scale=evaluate.appearance_scale if args.appearance_scale is None else args.appearance_scale,
-                pose_scale=evaluate.pose_scale if args.pose_scale is None else args.pose_scale, eta=evaluate.eta)
+    flags = dict(steps=args.steps or None, appearance_scale=args.appearance_scale, pose_scale=args.pose_scale)
+    return dict(evaluate.sampling(), size=args.size, **{k: v for k, v in flags.items() if v is not None})
 
 
 def failed(error: Exception) -> int:

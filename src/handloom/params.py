@@ -213,6 +213,11 @@ class EvaluateParams(Section):
     # scored on the hand pixels only. null skips FID/KID.
     fid_extractor_path: str | None = None
 
+    def sampling(self) -> dict:
+        """The DDIM settings every sampler of a trained model takes (evaluate, the report, `handloom generate`)."""
+        return dict(steps=self.sample_steps, appearance_scale=self.appearance_scale, pose_scale=self.pose_scale,
+                    eta=self.eta)
+
 
 class ReportParams(Section):
     grid_rows: int = Field(8, ge=1)

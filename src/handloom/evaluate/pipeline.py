@@ -120,8 +120,7 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
     trained = load_module(models_dir, autoencoder=autoencoder)
     L.seed_everything(train_p.seed)
     untrained = HandDiffusionModule(train_config(train_p), autoencoder=autoencoder).eval()
-    generate = dict(steps=p.sample_steps, appearance_scale=p.appearance_scale, pose_scale=p.pose_scale, seed=p.seed,
-                    eta=p.eta)
+    generate = dict(p.sampling(), seed=p.seed)
     generated, baseline = trained.sample(batch, **generate), untrained.sample(batch, **generate, use_ema=False)
     images = {"reference": batch["reference"], "target": batch["target"], "generated": generated, "untrained": baseline}
     pixels = {k: to_uint8(v) for k, v in images.items()}

@@ -58,8 +58,7 @@ def generate_examples_grid(models_dir: Path, shards_dir: Path, train_p: TrainPar
     reference | target pose | generated | target."""
     model = load_generator(models_dir / CHECKPOINT, train_p, device="cpu")
     seed = evaluate_p.seed
-    sampling = dict(steps=evaluate_p.sample_steps, appearance_scale=evaluate_p.appearance_scale,
-                    pose_scale=evaluate_p.pose_scale, seed=seed, eta=evaluate_p.eta)
+    sampling = dict(evaluate_p.sampling(), seed=seed)
     pairs = choose_pairs(shards_dir, per_mode * 3, seed)  # balanced over pose, view and self pairs
     pairs = pairs[pairs.kind.isin(MODES)].groupby("kind", sort=True).head(per_mode)
     index = read_table(shards_dir / schema.INDEX_FILE).to_pandas().set_index("key")
