@@ -6,7 +6,7 @@ import pytest
 
 from handloom import schema
 from handloom.annotate import keypoints as K
-from handloom.evaluate import metrics as M
+from handloom import keypoint_metrics as M
 from handloom.datasets.synthetic import render_dataset
 
 

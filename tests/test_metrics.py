@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from handloom.evaluate.metrics import (LPIPS_LINEAR, LPIPS_SCALE, LPIPS_SHIFT, Inception192, TorchvisionTaps, dap,
-                                       extract_features, fid_kid, frechet_distance, joint_ratio_difference,
-                                       kernel_inception_distance, load_feature_extractor, load_lpips, lpips, mask_iou,
-                                       mpjpe, pck, psnr, ssim)
+from handloom.evaluate.metrics import (LPIPS_LINEAR, LPIPS_SCALE, LPIPS_SHIFT, Inception192, TorchvisionTaps,
+                                       extract_features, fid_kid, frechet_distance, kernel_inception_distance,
+                                       load_feature_extractor, load_lpips, lpips, mask_iou, psnr, ssim)
+from handloom.keypoint_metrics import dap, joint_ratio_difference, mpjpe, pck
 from handloom.schema import empty_keypoints, hand_rows
 
 # A right hand with every palm bone (wrist -> index..little MCP) 50 px long and straight fingers

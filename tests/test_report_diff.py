@@ -7,7 +7,7 @@ import numpy as np
 
 from handloom.io import decode_image, write_json
 from handloom.report.diff import report_diff
-from handloom.report.render import save_png
+from handloom.draw import save_png
 
 
 def git(repo, *args):

@@ -7,6 +7,9 @@ import pytest
 
 from handloom import schema
 from handloom.datasets import synthetic as S
+from handloom.datasets.synthetic import appearance, sequences
+from handloom.datasets.synthetic import hand as kinematics
+from handloom.datasets.synthetic.grid import frames_grid
 
 SIZE = 96
 
@@ -55,7 +58,7 @@ def test_frames_have_the_unified_layout(sequence):
         assert f.keypoints.shape == (42, 3) and f.keypoints.dtype == np.float32
         assert schema.validate_keypoints(f.keypoints, SIZE, SIZE) is None
         json.dumps(f.metadata)
-        assert f.metadata["view"] in ("palm", "back") and f.metadata["gesture"] in S.GESTURES
+        assert f.metadata["view"] in ("palm", "back") and f.metadata["gesture"] in kinematics.GESTURES
 
 
 def test_view_pairs_share_3d_joints_but_not_2d(sequence):
@@ -75,11 +78,11 @@ def test_pose_pairs_change_smoothly(sequence):
     assert steps.max() > 1, "the hand should move"
     assert steps.max() < 60, "consecutive frames are close poses"
     # between frames the joint angles follow a C1 path: no velocity jump at keyframes
-    track = S.HandTrack.sample(np.random.default_rng(0), "right", 4, np.eye(3), np.zeros(3))
+    track = sequences.HandTrack.sample(np.random.default_rng(0), "right", 4, np.eye(3), np.zeros(3))
     path = np.stack([np.concatenate(track.at(u)[:2]) for u in np.linspace(0, 1, 1001)])
     first, second = np.abs(np.diff(path, axis=0)).max(), np.abs(np.diff(path, 2, axis=0)).max()
     assert second < 0.05 * first
-    assert np.all(path[:, :20] >= S.POSE_LIMITS[:, 0]) and np.all(path[:, :20] <= S.POSE_LIMITS[:, 1])
+    assert np.all(path[:, :20] >= kinematics.POSE_LIMITS[:, 0]) and np.all(path[:, :20] <= kinematics.POSE_LIMITS[:, 1])
 
 
 def test_keypoints_lie_inside_the_mask(sequence):
@@ -97,10 +100,10 @@ def test_keypoints_lie_inside_the_mask(sequence):
 def test_poses_respect_joint_limits():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        name, pose = S.sample_pose(rng)
-        assert name in S.GESTURES
-        assert np.all(pose >= S.POSE_LIMITS[:, 0]) and np.all(pose <= S.POSE_LIMITS[:, 1])
-        angles = bone_angles(S.articulate(pose)[0])  # measured on the 3D skeleton, independent of the parameters
+        name, pose = kinematics.sample_pose(rng)
+        assert name in kinematics.GESTURES
+        assert np.all(pose >= kinematics.POSE_LIMITS[:, 0]) and np.all(pose <= kinematics.POSE_LIMITS[:, 1])
+        angles = bone_angles(kinematics.articulate(pose)[0])  # measured on the 3D skeleton, independent of the parameters
         # angles[j - 1] is the flexion at joint j's parent
         mcp, pip, dip = angles[[5, 9, 13, 17]], angles[[6, 10, 14, 18]], angles[[7, 11, 15, 19]]
         assert np.all(mcp <= 95) and np.all(pip <= 110 + 1e-6) and np.all(dip <= 80 + 1e-6)
@@ -108,17 +111,17 @@ def test_poses_respect_joint_limits():
 
 
 def test_thumb_opposes_in_a_pinch():
-    joints, _ = S.articulate(S.gesture_pose("pinch"))
-    open_hand, _ = S.articulate(S.gesture_pose("open"))
+    joints, _ = kinematics.articulate(kinematics.gesture_pose("pinch"))
+    open_hand, _ = kinematics.articulate(kinematics.gesture_pose("open"))
     assert np.linalg.norm(joints[4] - joints[8]) < 20  # thumb and index pads meet
     assert np.linalg.norm(open_hand[4] - open_hand[8]) > 80
 
 
 def test_left_hand_is_the_mirrored_right_hand():
-    pose = S.gesture_pose("point")
-    shape = S.HandShape()
-    look = S.Look.sample(np.random.default_rng(0))
-    states = {h: S._hand_state(S.HandTrack(h, ["point"] * 2, np.stack([pose, pose]), np.zeros((2, 3)), np.eye(3),
+    pose = kinematics.gesture_pose("point")
+    shape = kinematics.HandShape()
+    look = appearance.Look.sample(np.random.default_rng(0))
+    states = {h: sequences._hand_state(sequences.HandTrack(h, ["point"] * 2, np.stack([pose, pose]), np.zeros((2, 3)), np.eye(3),
                                            np.zeros(3)), shape, look, 0.0) for h in schema.HANDS}
     assert np.allclose(states["left"].joints, states["right"].joints * [-1, 1, 1])
     # find a single left-hand and a two-hand sequence: rows follow handedness
@@ -142,6 +145,6 @@ def test_other_image_sizes(size):
 def test_sample_grid_draws_keypoint_sets(tmp_path, sequence):
     frames = sequence[:4]
     shifted = [f.keypoints + [3, 0, 0] for f in frames]
-    S.sample_grid(frames, tmp_path / "grid.png", {"shifted": shifted})
+    frames_grid(frames, tmp_path / "grid.png", {"shifted": shifted})
     grid = cv2.imread(str(tmp_path / "grid.png"))
     assert grid is not None and grid.shape[1] == 6 * 192

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from handloom import schema
 from handloom.annotate.keypoints import make_detector
 from handloom.annotate.masks import dilate, skeleton_mask
-from handloom.evaluate.pipeline import detect_all
+from handloom.annotate.keypoints import detect_all
 from handloom.io import decode_image, encode_png, write_bytes
 from handloom.model.vae import load_autoencoder
 from handloom.params import EvaluateParams, TrainParams

@@ -4,15 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import cv2
 import numpy as np
 
 from handloom.annotate.pool import pmap
+from handloom.keypoint_metrics import detection_rate, pck
 from handloom.schema import HANDS, JOINTS_PER_HAND, empty_keypoints, hand_rows
 
 # The legacy solution labels handedness as if the image were a mirrored selfie: on an ordinary
 # photo of a right hand it answers "Left". Checked on rendered hands of known side
 # (tests/test_keypoints.py::test_handedness_follows_the_rendered_hand): MediaPipe's "Left" is our "right".
 LABEL_TO_HAND = {"Left": "right", "Right": "left"}
+DETECTION_SIZE = 256  # generated images are upscaled so MediaPipe's palm detector sees a hand-sized object
 
 
 @dataclass
@@ -70,14 +73,23 @@ def detect_many(images: list[np.ndarray], min_detection_confidence: float = 0.1,
     return pmap(partial(_detect, min_detection_confidence), images, workers, "mediapipe")
 
 
+def detect_all(images: np.ndarray, detector) -> np.ndarray:
+    """MediaPipe keypoints (N, 42, 3) at the images' own resolution."""
+    scale = images.shape[1] / DETECTION_SIZE
+    found = [detect_hands(cv2.resize(im, (DETECTION_SIZE,) * 2, interpolation=cv2.INTER_CUBIC), detector).keypoints
+             for im in images]
+    return np.stack(found) * np.float32([scale, scale, 1])
+
+
+
 # --- Metrics against ground truth ----------------------------------------------------------------
 def measure_detection(seed: int = 0, n_sequences: int = 30, n_frames: int = 4, n_cameras: int = 3,
                       image_size: int = 256, two_hand_prob: float = 0.2, workers: int | None = None,
                       grid: str | None = None) -> dict:
     """How well MediaPipe reads the synthetic hands: {detection_rate, pck@0.2, n_hands}; `grid` also
     writes a PNG of 36 evenly spread frames with ground truth and MediaPipe drawn."""
-    from handloom.datasets.synthetic import render_dataset, sample_grid
-    from handloom.evaluate.metrics import detection_rate, pck  # torch: kept out of the pool workers' imports
+    from handloom.datasets.synthetic import render_dataset
+    from handloom.datasets.synthetic.grid import frames_grid
 
     frames = list(render_dataset(seed, n_sequences, n_frames, n_cameras, image_size, two_hand_prob))
     detections = detect_many([f.image for f in frames], workers=workers)
@@ -85,6 +97,6 @@ def measure_detection(seed: int = 0, n_sequences: int = 30, n_frames: int = 4, n
     gt = np.stack([f.keypoints for f in frames])
     if grid:
         picks = np.linspace(0, len(frames) - 1, min(36, len(frames))).astype(int)
-        sample_grid([frames[i] for i in picks], grid, {"mediapipe": [pred[i] for i in picks]})
+        frames_grid([frames[i] for i in picks], grid, {"mediapipe": [pred[i] for i in picks]})
     return {"detection_rate": detection_rate(pred, gt), "pck@0.2": pck(pred, gt, 0.2),
             "n_hands": int(sum(len(f.handedness) for f in frames))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from handloom.annotate.keypoints import HandDetection
+from handloom.keypoint_metrics import detection_rate, pck
 from handloom.params import AnnotateParams
 from handloom.schema import JOINTS_PER_HAND, Reject
 
@@ -18,7 +19,6 @@ def detection_score(detection: HandDetection) -> float:
 
 def gt_disagreement(mp_keypoints: np.ndarray, gt_keypoints: np.ndarray) -> float:
     """Share of the joints seen in both that lie further than 0.2 x box from ground truth; NaN if none are."""
-    from handloom.evaluate.metrics import pck  # torch: kept out of the pool workers' imports
 
     return 1 - pck(mp_keypoints, gt_keypoints, AGREEMENT_THRESHOLD)
 
@@ -63,7 +63,6 @@ def mask_reject(area: int, p: AnnotateParams) -> tuple[str, str] | None:
 
 def agreement(pred: list[np.ndarray], gt: list[np.ndarray]) -> dict:
     """MediaPipe against ground truth over a dataset: detection rate, PCK@0.1 and @0.2 of the hand box."""
-    from handloom.evaluate.metrics import detection_rate, pck
 
     if not gt:
         return {}

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from handloom import schema
 from handloom.datasets import crops
 from handloom.datasets.sources import resolve_source
+from handloom.datasets.splits import assign_split
 from handloom.datasets.store import DatasetWriter
 from handloom.params import DatasetParams
 
@@ -117,7 +118,6 @@ def split_of(path: Path, p: DatasetParams, sequence: str, own_split: bool = True
             for word in re.split(r"[^a-z]+", Path(part).stem.lower()):
                 if word in SPLIT_WORDS:
                     return SPLIT_WORDS[word]
-    from handloom.datasets.ingest import assign_split  # ingest.py imports the adapters: import at call time
 
     return assign_split(sequence, p.val_fraction, p.test_fraction)
 

@@ -1,7 +1,6 @@
 """The ingest stage: turn one dataset's native form into the unified manifest + images + rejects."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from handloom import schema
@@ -13,14 +12,9 @@ from handloom.datasets.interhand import ingest_interhand
 from handloom.datasets.onehand10k import ingest_onehand10k
 from handloom.datasets.panoptic import ingest_panoptic
 from handloom.datasets.rhd import ingest_rhd
+from handloom.datasets.splits import assign_split
 from handloom.datasets.store import DatasetWriter
 from handloom.params import SyntheticParams
-
-
-def assign_split(sequence: str, val_fraction: float, test_fraction: float) -> str:
-    """A split from a hash of the sequence id: stable across runs and machines, never mixing a sequence."""
-    u = int.from_bytes(hashlib.sha256(sequence.encode()).digest()[:8], "big") / 2**64
-    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
 
 
 def union_box(keypoints) -> tuple[float, float, float, float]:

@@ -11,7 +11,7 @@ import numpy as np
 from handloom import schema
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest, read_rejects
 from handloom.io import decode_image, write_bytes
-from handloom.report.render import markdown_table, save_png, tile
+from handloom.draw import markdown_table, save_png, tile
 
 # One colour per finger (RGB), thumb -> little, so a swapped finger or a reversed chain shows at a glance.
 FINGER_COLOURS = ((230, 40, 40), (255, 150, 0), (240, 230, 0), (40, 200, 60), (40, 120, 255))

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 
 from handloom import schema
-from handloom.annotate.keypoints import detect_hands, make_detector
+from handloom import keypoint_metrics
+from handloom.annotate.keypoints import detect_all, make_detector
 from handloom.evaluate import metrics
 from handloom.io import atomic_path, read_table, remove_torn_writes
 from handloom.params import EvaluateParams, TrainParams
@@ -22,7 +22,6 @@ from handloom.train.fit import example_spec, load_module, train_config
 from handloom.train.module import HandDiffusionModule, to_uint8_image
 
 SAMPLES_FILE = "samples.npz"
-DETECTION_SIZE = 256  # generated images are upscaled so MediaPipe's palm detector sees a hand-sized object
 CONFIDENT = 0.9
 
 
@@ -60,27 +59,19 @@ def load_examples(shards_dir: Path, pairs: pd.DataFrame, p: TrainParams) -> tupl
     return batch, np.stack(keypoints)
 
 
-def detect_all(images: np.ndarray, detector) -> np.ndarray:
-    """MediaPipe keypoints (N, 42, 3) at the images' own resolution."""
-    scale = images.shape[1] / DETECTION_SIZE
-    found = [detect_hands(cv2.resize(im, (DETECTION_SIZE,) * 2, interpolation=cv2.INTER_CUBIC), detector).keypoints
-             for im in images]
-    return np.stack(found) * np.float32([scale, scale, 1])
-
-
 def hand_metrics(detected: np.ndarray, target_keypoints: np.ndarray) -> dict:
     """Detection and agreement of MediaPipe on generated hands against the target pose (Pelykh, seed 000)."""
     target_hands = np.stack([[schema.hand_present(k, h) for h in schema.HANDS] for k in target_keypoints])
     scores = detected[:, [0, schema.JOINTS_PER_HAND], 2]  # col 2 holds the hand's detection score
     found = (scores > 0) & target_hands
     return dict(
-        detection_rate=metrics.detection_rate(detected, target_keypoints),
+        detection_rate=keypoint_metrics.detection_rate(detected, target_keypoints),
         detection_confidence=float(scores[found].mean()) if found.any() else 0.0,
         confident_share=float((scores[target_hands] > CONFIDENT).mean()) if target_hands.any() else 0.0,
-        mpjpe=metrics.mpjpe(detected, target_keypoints),
-        pck_0_2=metrics.pck(detected, target_keypoints, 0.2),
-        dap_0_2=metrics.dap(detected, target_keypoints, 0.2),
-        joint_ratio_difference=metrics.joint_ratio_difference(detected, target_keypoints))
+        mpjpe=keypoint_metrics.mpjpe(detected, target_keypoints),
+        pck_0_2=keypoint_metrics.pck(detected, target_keypoints, 0.2),
+        dap_0_2=keypoint_metrics.dap(detected, target_keypoints, 0.2),
+        joint_ratio_difference=keypoint_metrics.joint_ratio_difference(detected, target_keypoints))
 
 
 def image_metrics(generated: torch.Tensor, target: torch.Tensor, perceptual: metrics.LPIPS | None = None) -> dict:

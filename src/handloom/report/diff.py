@@ -14,7 +14,7 @@ import numpy as np
 
 from handloom.io import decode_image, write_bytes
 from handloom.report.build import FIGURES
-from handloom.report.render import markdown_table, save_png
+from handloom.draw import markdown_table, save_png
 
 
 def dvc_json(*args: str) -> dict:

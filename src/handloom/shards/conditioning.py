@@ -9,22 +9,18 @@ import cv2
 import numpy as np
 
 from handloom.io import encode_png, write_bytes
-from handloom.schema import BONES, FINGER_CHAINS, FINGERS, HANDS, JOINTS_PER_HAND, NUM_KEYPOINTS, hand_rows
+from handloom.keypoint_metrics import BONE_CHILDREN, BONE_PARENTS, bone_ratios, visible_joints
+from handloom.schema import BONES, FINGERS, HANDS, NUM_KEYPOINTS, hand_rows
 
 CHANNELS = {"heatmaps42": 43, "fingers11": 11, "annotated3": 3}
 SIGMA = 1.5  # Gaussian width in pixels of the model's resolution (params.yaml: heatmap_sigma)
 TAIL_SIGMAS = 5  # Gaussians end this many sigmas from their centre
 FINGER_GRAY = (50, 150, 250, 100, 200)  # Annotated Hands, thumb -> little; not monotone so neighbours differ
 HAND_GRAY = {"right": 200, "left": 100}  # Annotated Hands handedness channel
-# Bones of both hands in row order (right then left), as (parent, child) rows of the 42x3 array.
-BONE_PARENTS = np.array([p + h * JOINTS_PER_HAND for h in range(len(HANDS)) for p, _ in BONES])
-BONE_CHILDREN = np.array([c + h * JOINTS_PER_HAND for h in range(len(HANDS)) for _, c in BONES])
 BONES_PER_FINGER = len(BONES) // len(FINGERS)  # BONES lists each finger's chain, thumb first
-# The palm's scale: wrist -> MCP of index..little, the bones that barely change with pose.
-PALM_BONES = [BONES.index((0, FINGER_CHAINS[f][1])) for f in FINGERS[1:]]
 
 
-# --- Geometry shared by the renderers and evaluate.metrics -------------------------------------
+# --- Geometry shared by the renderers -------------------------------------
 def scale_keypoints(keypoints: np.ndarray, image_size: int | tuple[int, int], resolution: int) -> np.ndarray:
     """(42, 2) xy at the model's resolution.
 
@@ -36,26 +32,6 @@ def scale_keypoints(keypoints: np.ndarray, image_size: int | tuple[int, int], re
     return (keypoints[:, :2].astype(np.float32) + 0.5) * scale - 0.5
 
 
-def visible_joints(keypoints: np.ndarray) -> np.ndarray:
-    """Joints with positive confidence; absent hands are all-zero rows, so they drop out too."""
-    return keypoints[..., 2] > 0
-
-
-def bone_ratios(keypoints: np.ndarray) -> np.ndarray:
-    """(..., 40) bone length / palm length per bone of both hands; NaN where a bone or the palm is unseen.
-
-    The palm length is the mean of the wrist -> index..little MCP bones of the same hand. Ratios to
-    it are scale-free, so a generated hand and its target compare whatever their size in the image.
-    """
-    k = np.asarray(keypoints, np.float64)
-    seen = visible_joints(k)[..., BONE_PARENTS] & visible_joints(k)[..., BONE_CHILDREN]
-    length = np.linalg.norm(k[..., BONE_CHILDREN, :2] - k[..., BONE_PARENTS, :2], axis=-1)
-    length = np.where(seen, length, np.nan).reshape(*k.shape[:-2], len(HANDS), len(BONES))
-    palm = length[..., PALM_BONES]
-    counted = np.sum(~np.isnan(palm), axis=-1, keepdims=True)
-    palm_length = np.where(counted > 0, np.nansum(palm, axis=-1, keepdims=True) / np.maximum(counted, 1), np.nan)
-    ratio = length / np.where(palm_length > 0, palm_length, np.nan)
-    return ratio.reshape(*k.shape[:-2], len(BONE_PARENTS))
 
 
 @lru_cache(maxsize=16)

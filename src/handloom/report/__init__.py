@@ -1,0 +1,1 @@
+"""The report stage and the pull-request report diff."""
