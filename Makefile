@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export AWS_RETRY_MODE ?= standard
 export AWS_MAX_ATTEMPTS ?= 10
 
-.PHONY: setup repro test test-slow bench clean report-diff
+.PHONY: setup repro test lint test-slow bench clean report-diff
 
 setup: $(STAMP)
 
@@ -25,8 +25,14 @@ $(STAMP): pyproject.toml
 repro: setup
 	dvc repro
 
+LINTED := src tests benchmarks stages flows
+
 test: setup
+	ruff check $(LINTED)
 	pytest -q
+
+lint: setup
+	ruff check --fix $(LINTED)
 
 test-slow: setup
 	pytest -q -m slow

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from handloom.model.dit import DIT_SIZES, DiT, DiT_models, DiT_S_2, DiT_XL_2, PatchEmbed, dit_size, drop_conditions
+from handloom.model.dit import DIT_SIZES, REFERENCE, TARGET, DiT, DiT_models, DiT_S_2, DiT_XL_2, PatchEmbed, dit_size, drop_conditions
 from handloom.schema import FLAG
 from handloom.shards.conditioning import CHANNELS
 
@@ -13,6 +13,7 @@ TINY = dict(input_size=16, patch_size=4, image_channels=3, cond_channels=5, hidd
 
 
 def tiny(**kwargs) -> DiT:
+    torch.manual_seed(0)  # the same weights whichever tests ran before
     return DiT(**{**TINY, **kwargs})
 
 
@@ -111,12 +112,20 @@ def test_flag_embedding_changes_output_after_training_like_perturbation():
 
 
 def test_stream_embedding_tells_reference_from_target():
+    """Each stream's row reaches the output. A constant added to every channel would prove nothing: the block's
+    LayerNorm removes it; a random direction survives LayerNorm."""
     model = perturb(tiny())
     x = inputs()
     base = model(**x)["out"]
-    with torch.no_grad():
-        model.stream_embed[0].add_(1.0)
-    assert not torch.allclose(base, model(**x)["out"])
+    g = torch.Generator().manual_seed(2)
+    for row in (REFERENCE, TARGET):
+        with torch.no_grad():
+            direction = torch.randn(model.stream_embed.shape[1], generator=g)
+            model.stream_embed[row].add_(direction)
+            moved = model(**x)["out"]
+            model.stream_embed[row].sub_(direction)
+        assert (moved - base).abs().max() > 0.01, row  # a constant shift moves it by ~4e-7 (rounding)
+    torch.testing.assert_close(model(**x)["out"], base)
 
 
 def test_dropping_reference_zeroes_it_and_nulls_the_flag():

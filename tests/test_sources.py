@@ -78,9 +78,11 @@ def sample_archive(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/data/hand_samples is not beside the repo")
+# Only the tests that pack real samples need ../shared; the archive-safety tests build their own archives.
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/data/hand_samples is not beside the repo")
 
 
+@needs_samples
 def test_ingest_by_url_with_sha256_then_rerun_does_no_work(tmp_path, server, cache):
     www, url, handler = server
     sha = sample_archive(www / "onehand10k.tar.gz")
@@ -95,6 +97,7 @@ def test_ingest_by_url_with_sha256_then_rerun_does_no_work(tmp_path, server, cac
     assert (tmp_path / "again/manifest.parquet").read_bytes() == (tmp_path / "out/manifest.parquet").read_bytes()
 
 
+@needs_samples
 def test_wrong_checksum_is_refused_and_nothing_is_kept(server, cache):
     www, url, _ = server
     sha = sample_archive(www / "onehand10k.tar.gz")
@@ -104,6 +107,7 @@ def test_wrong_checksum_is_refused_and_nothing_is_kept(server, cache):
     assert not any((cache / wrong).iterdir())
 
 
+@needs_samples
 def test_download_resumes_from_a_partial_file_with_range(server, cache):
     www, url, handler = server
     sha = sample_archive(www / "onehand10k.tar.gz")
@@ -115,6 +119,7 @@ def test_download_resumes_from_a_partial_file_with_range(server, cache):
     assert root.name == "onehand10k" and (root / "test_onehand10k.json").is_file()
 
 
+@needs_samples
 def test_dropped_connection_is_resumed_by_the_next_try(server, cache):
     www, url, handler = server
     sha = sample_archive(www / "onehand10k.tar.gz")
@@ -179,6 +184,7 @@ def test_archive_bomb_is_refused_on_declared_size(tmp_path, cache):
     assert not (cache / hashlib.sha256(archive.read_bytes()).hexdigest() / "tree").exists()
 
 
+@needs_samples
 def test_a_corrupt_archive_is_a_clear_error(tmp_path, cache):
     archive = tmp_path / "cut.tar.gz"
     sample_archive(archive)
@@ -187,6 +193,7 @@ def test_a_corrupt_archive_is_a_clear_error(tmp_path, cache):
         resolve_source(str(archive))
 
 
+@needs_samples
 def test_local_sources(tmp_path, cache):
     assert resolve_source(str(SAMPLES / "rhd")) == SAMPLES / "rhd"
     with pytest.raises(SourceError, match="no such folder or archive"):
@@ -204,6 +211,7 @@ def test_local_sources(tmp_path, cache):
     assert resolve_source(str(archive), sha) == root
 
 
+@needs_samples
 def test_s3_url_downloads_resumes_and_verifies(s3, cache):
     sha = sample_archive(s3 / "onehand10k.tar.gz")
     data = (s3 / "onehand10k.tar.gz").read_bytes()
