@@ -38,7 +38,11 @@ def read_graph(root: str | Path, targets: list[str] | None = None) -> list[Stage
 
 
 def _plan(targets: list[str]) -> list[StageNode]:
-    """In the repo root: DVC's own plan (the graph `dvc dag` draws), minus data sources (`dvc add`)."""
+    """In the repo root: DVC's own plan (the graph `dvc dag` draws), minus data sources (`dvc add`).
+
+    DVC has no public API for "the stages `dvc repro <targets>` would visit", so this calls its internals
+    (dvc.repo.reproduce, dvc.repo.graph) as `dvc repro` itself does; dvc is pinned in pyproject.toml, and
+    tests/test_flows.py fails when a DVC upgrade changes them."""
     import networkx as nx
     from dvc.repo import Repo
     from dvc.repo.graph import get_subgraph_of_nodes

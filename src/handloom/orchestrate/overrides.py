@@ -20,7 +20,9 @@ def apply_overrides(params_file: str | Path, overrides: dict[str, Any]) -> dict[
     A key that is not already in the file is refused by name: a typo must not add a key that no
     stage reads while the run silently uses the old value. Nothing is written if any key is bad.
     """
-    from dvc.utils.serialize import modify_yaml  # DVC's round-trip YAML: keeps comments and order
+    # DVC's internal round-trip YAML (what `dvc exp run -S` edits params.yaml with): comments and order kept.
+    # Internal API, pinned with dvc in pyproject.toml; tests/test_flows.py covers it.
+    from dvc.utils.serialize import modify_yaml
 
     flat = flatten(overrides)
     with modify_yaml(params_file) as data:

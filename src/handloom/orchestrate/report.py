@@ -35,7 +35,8 @@ def stages_table(outcomes: dict[str, dict]) -> list[str]:
     return lines
 
 
-def metrics_table(metrics: dict[str, dict]) -> list[str]:
+def dvc_metrics_lines(metrics: dict[str, dict]) -> list[str]:
+    """`dvc metrics show` as markdown lines: one row per file and metric."""
     if not metrics:
         return ["_no metrics in the workspace_"]
     lines = ["| file | metric | value |", "|---|---|---:|"]
@@ -44,7 +45,7 @@ def metrics_table(metrics: dict[str, dict]) -> list[str]:
 
 
 def run_markdown(title: str, outcomes: dict[str, dict], metrics: dict[str, dict], reports: list[Path]) -> str:
-    parts = [f"# {title}", "", *stages_table(outcomes), "", "## Metrics", "", *metrics_table(metrics)]
+    parts = [f"# {title}", "", *stages_table(outcomes), "", "## Metrics", "", *dvc_metrics_lines(metrics)]
     for path in reports:
         if path.is_file():
             parts += ["", f"## {path.name}", "", path.read_text()[:MAX_REPORT_CHARS]]

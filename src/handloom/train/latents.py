@@ -23,7 +23,7 @@ KEYS = pa.schema([("key", pa.string())])
 SPLIT = "train"                 # evaluate encodes its few references on the fly
 
 
-def fingerprint(directory: str | Path) -> str:
+def vae_content_hash(directory: str | Path) -> str:
     """sha256 over the VAE directory's files: new weights at the same path must not reuse old latents."""
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
@@ -38,7 +38,7 @@ def cache_meta(p: TrainParams) -> dict:
     """The inputs the cached latents are a function of (the posterior mean: no seed)."""
     if p.vae_path is None:
         return {"vae": None}
-    return {"vae": fingerprint(p.vae_path), "resolution": p.resolution, "latent": "posterior_mean"}
+    return {"vae": vae_content_hash(p.vae_path), "resolution": p.resolution, "latent": "posterior_mean"}
 
 
 def train_samples(shards_dir: Path, resolution: int) -> tuple[list[str], Iterator[dict]]:
