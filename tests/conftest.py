@@ -2,6 +2,7 @@
 import hashlib
 import io
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,16 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from handloom import schema  # noqa: E402
 from handloom.datasets.store import DatasetWriter  # noqa: E402
 from handloom.io import encode_png, write_table  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def seeded_global_rngs():
+    """Every test starts from the same global RNG states whatever ran before it, so the order of tests cannot
+    change a result; tests that draw on purpose pass their own seeded generators."""
+    random.seed(0)
+    np.random.seed(0)
+    if "torch" in sys.modules:  # only where a test module imported it: conftest must not cost torch's import
+        sys.modules["torch"].manual_seed(0)
 
 
 def toy_keypoints(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -201,6 +201,15 @@ def test_latent_space_trains_and_samples_at_latent_size():
         batch[key] = torch.nn.functional.avg_pool2d(batch[key], 2)
     losses = module.losses(batch, drop=True)
     assert torch.isfinite(losses["loss"]) and set(losses) == {"loss", "diffusion", "mask"}
+    # It trains: a few steps on the batch (same t and noise each time) lower the latent-space loss.
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=1e-3)
+    fixed = lambda: module.losses(batch, drop=False, generator=torch.Generator().manual_seed(0))["loss"]
+    before = fixed().item()
+    for _ in range(10):
+        optimizer.zero_grad()
+        fixed().backward()
+        optimizer.step()
+    assert fixed().item() < 0.9 * before
     images = module.sample(batch, steps=2, appearance_scale=1.5, pose_scale=1.5, seed=0)
     assert images.shape == batch["target"].shape and images.abs().max() <= 1
 
