@@ -1,14 +1,19 @@
 """DVC stage evaluate: data/models + held-out pairs -> data/eval/samples.npz and reports/metrics.json."""
+import sys
 from pathlib import Path
 
-from handloom.evaluate.pipeline import evaluate
+from handloom.evaluate.pipeline import NoHeldOutPairs, evaluate
 from handloom.io import remove_torn_writes, write_json
 from handloom.params import stage_params
 
 
 def main() -> None:
     params = stage_params()
-    result = evaluate(Path("data/models"), Path("data/shards"), Path("data/eval"), params.train, params.evaluate)
+    try:
+        result = evaluate(Path("data/models"), Path("data/shards"), Path("data/eval"), params.train, params.evaluate)
+    except NoHeldOutPairs as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     remove_torn_writes("reports/metrics.json")
     write_json("reports/metrics.json", result)
     print(f"evaluate: psnr {result['psnr']} (untrained {result['untrained']['psnr']}), "

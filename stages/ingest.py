@@ -9,7 +9,11 @@ from handloom.params import stage_params
 def main(dataset: str) -> None:
     params = stage_params()
     out = Path("data/ingest") / dataset
-    writer = ingest(dataset, getattr(params.ingest, dataset), out)
+    try:
+        writer = ingest(dataset, getattr(params.ingest, dataset), out)
+    except FileNotFoundError as e:  # a source or annotation file params.yaml points at is not there
+        print(f"error: ingest@{dataset}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"ingest@{dataset}: {len(writer.rows)} samples, {len(writer.rejects)} rejects -> {out}")
 
 

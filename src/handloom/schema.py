@@ -46,6 +46,17 @@ def hand_present(keypoints: np.ndarray, hand: str) -> bool:
     return bool(np.any(keypoints[hand_rows(hand)] != 0))
 
 
+def on_sides(keypoints: np.ndarray, sides) -> np.ndarray:
+    """A lone hand moved into the rows of the one side given for it (e.g. a sample whose handedness came from
+    elsewhere than its keypoints' block); anything else as it is."""
+    present, sides = [h for h in HANDS if hand_present(keypoints, h)], list(sides if sides is not None else ())
+    if len(present) != 1 or len(sides) != 1 or present[0] == sides[0]:
+        return keypoints
+    out = empty_keypoints()
+    out[hand_rows(sides[0])] = keypoints[hand_rows(present[0])]
+    return out
+
+
 def validate_keypoints(keypoints: np.ndarray, width: int, height: int) -> str | None:
     """The reject reason for a keypoint array, or None when it is usable."""
     k = np.asarray(keypoints)
@@ -146,6 +157,10 @@ ANNOTATIONS = pa.schema([
     ("mask_backend", pa.string()),
     ("caption", pa.string()),
     ("caption_backend", pa.string()),
+    # The sample's hands by side and where that came from (ground_truth, mediapipe, unknown): ground truth wins
+    # where the dataset says; the shard puts a lone hand in that side's rows and the caption names it.
+    ("handedness", pa.list_(pa.string())),
+    ("handedness_source", pa.string()),
 ])
 
 REJECTS = pa.schema([

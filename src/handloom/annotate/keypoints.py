@@ -16,6 +16,10 @@ from handloom.schema import HANDS, JOINTS_PER_HAND, empty_keypoints, hand_rows
 # (tests/test_keypoints.py::test_handedness_follows_the_rendered_hand): MediaPipe's "Left" is our "right".
 LABEL_TO_HAND = {"Left": "right", "Right": "left"}
 DETECTION_SIZE = 256  # generated images are upscaled so MediaPipe's palm detector sees a hand-sized object
+# Two detections whose joints lie this close on average (x the larger hand box side) are one hand found twice:
+# on single-hand photos MediaPipe's palm detector can fire twice on one hand (~0.18 x box apart, often one of
+# each label), while two real hands, even touching, differ joint for joint by more.
+DUPLICATE_DISTANCE = 0.25
 
 
 @dataclass
@@ -55,6 +59,19 @@ def detect_hands(image_rgb: np.ndarray, detector) -> HandDetection:
         keypoints[hand_rows(HANDS[slot])] = np.column_stack([xy, np.full(JOINTS_PER_HAND, score)])
         scores[slot] = score
     return HandDetection(keypoints, tuple(hd for hd, s in zip(HANDS, scores) if s), (scores[0], scores[1]))
+
+
+def suppress_duplicate(keypoints: np.ndarray) -> np.ndarray:
+    """The 42x3 keypoints with the weaker of two detections of one hand removed (see DUPLICATE_DISTANCE)."""
+    right, left = keypoints[hand_rows("right")], keypoints[hand_rows("left")]
+    if not (right[0, 2] > 0 and left[0, 2] > 0):
+        return keypoints
+    side = max(float(np.ptp(hand[:, :2], axis=0).max()) for hand in (right, left))
+    if np.linalg.norm(right[:, :2] - left[:, :2], axis=1).mean() >= DUPLICATE_DISTANCE * side:
+        return keypoints
+    out = keypoints.copy()
+    out[hand_rows("left" if right[0, 2] >= left[0, 2] else "right")] = 0
+    return out
 
 
 _detectors: dict[float, object] = {}  # per process and confidence, made on first use and kept for the next call

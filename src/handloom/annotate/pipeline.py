@@ -17,7 +17,7 @@ from handloom import schema
 from handloom.annotate import quality
 from handloom.annotate.cache import AnnotationCache, params_hash, weights_fingerprint
 from handloom.annotate.captions import template_caption
-from handloom.annotate.keypoints import HandDetection, detect_many
+from handloom.annotate.keypoints import HandDetection, detect_many, suppress_duplicate
 from handloom.annotate.masks import GRABCUT_ITERATIONS, GRABCUT_SIDE, GRABCUT_VERSION, grabcut_png
 from handloom.annotate.pool import pmap, pool_size, worker_pool
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest
@@ -164,7 +164,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def detection_from(keypoints: np.ndarray) -> HandDetection:
-    """detect_hands writes each found hand's score into its rows' third column, so the 42x3 array holds it all."""
+    """detect_hands writes each found hand's score into its rows' third column, so the 42x3 array holds it all.
+    The cache keeps MediaPipe's own answer; one hand found twice is read back as one."""
+    keypoints = suppress_duplicate(keypoints)
     scores = (float(keypoints[schema.hand_rows("right")][0, 2]), float(keypoints[schema.hand_rows("left")][0, 2]))
     return HandDetection(keypoints, tuple(h for h, s in zip(schema.HANDS, scores) if s), scores)
 
@@ -232,18 +234,34 @@ def sides_known(metadata: str) -> bool:
     return bool(json.loads(metadata).get("handedness"))
 
 
+def sample_handedness(s: Sample) -> tuple[list[str], str]:
+    """(the sample's hands by side, where that came from), one rule for every dataset: the ground truth's sides
+    where the dataset says them; else MediaPipe's side of the ground-truth hand it agrees with (OneHand10K); else,
+    without ground-truth keypoints, MediaPipe's sides; else unknown. The caption and the shard's rows follow it."""
+    said = json.loads(s.record.metadata).get("handedness")
+    if said:
+        return list(said), "ground_truth"
+    if s.gt is None:
+        return (list(s.detection.handedness), "mediapipe") if s.detection.handedness else ([], "unknown")
+    matched = quality.comparable(s.detection.keypoints, s.gt, sides_known=False)
+    swapped = matched is not s.detection.keypoints
+    sides = [schema.HANDS[1 - i if swapped else i] for i, h in enumerate(schema.HANDS)
+             if schema.hand_present(s.gt, h) and schema.hand_present(matched, h)]
+    return (sides, "mediapipe") if sides else ([], "unknown")
+
+
 def metadata_caption(s: Sample) -> str:
     metadata = json.loads(s.record.metadata)
-    handedness = metadata.get("handedness") or list(s.detection.handedness)  # [] = the dataset does not say
-    return template_caption(s.record.dataset, handedness, dict(metadata, camera=s.record.camera))
+    return template_caption(s.record.dataset, sample_handedness(s)[0], dict(metadata, camera=s.record.camera))
 
 
 def annotation_row(s: Sample, caption: str, caption_backend: str) -> dict:
     d = s.detection
+    handedness, source = sample_handedness(s)
     return dict(key=s.key, mp_keypoints=d.keypoints.ravel().tolist(), mp_handedness=list(d.handedness),
                 mp_scores=list(d.scores), keypoint_backend=KEYPOINT_BACKEND, mask_png=s.mask_png,
                 mask_area=s.mask_area, mask_backend=s.mask_backend, caption=caption,
-                caption_backend=caption_backend)
+                caption_backend=caption_backend, handedness=handedness, handedness_source=source)
 
 
 # --- Stats ----------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,12 +97,18 @@ def load_json(path: Path, root: Path, writer: DatasetWriter):
 
 
 def annotation_files(p: DatasetParams, root: Path) -> Iterator[Path]:
-    """The configured annotation files; a missing one is a configuration error, not a reject."""
+    """The annotation files to read. Named in params.yaml, each must exist (a typo is a configuration error); left
+    at the adapter's defaults, those that exist are read and the missing ones named in one line, since a download
+    often holds only some of a dataset's splits."""
+    missing = [rel for rel in p.annotations if not (root / rel).exists()]
+    if missing and ("annotations" in p.model_fields_set or len(missing) == len(p.annotations)):
+        raise FileNotFoundError(f"annotation file(s) {', '.join(missing)} not found under {root}: set `annotations` "
+                                "of this dataset in params.yaml to the files it has")
+    if missing:
+        print(f"{root.name}: no {', '.join(missing)}; reading the annotation files that exist", file=sys.stderr)
     for rel in p.annotations:
-        path = root / rel
-        if not path.exists():
-            raise FileNotFoundError(f"annotation file {rel!r} not found under {root} (see `annotations`)")
-        yield path
+        if rel not in missing:
+            yield root / rel
 
 
 def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside: Path) -> Path | None:

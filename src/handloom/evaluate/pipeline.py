@@ -16,6 +16,7 @@ from handloom.annotate.keypoints import detect_all, make_detector
 from handloom.evaluate import metrics
 from handloom.io import atomic_path, read_table, remove_torn_writes
 from handloom.params import EvaluateParams, TrainParams
+from handloom.shards.pairs import HOLD_OUT
 from handloom.shards.reader import read_sample, to_example
 from handloom.model.vae import load_autoencoder
 from handloom.train.fit import example_spec, load_module, train_config
@@ -25,16 +26,42 @@ SAMPLES_FILE = "samples.npz"
 CONFIDENT = 0.9
 
 
+class NoHeldOutPairs(ValueError):
+    """Nothing to evaluate: a configuration the user must change, not a crash."""
+
+
+HELD_OUT_SPLITS = ("val", "test", HOLD_OUT)  # each dataset is evaluated on the first of these it has
+
+
 def choose_pairs(shards_dir: Path, n: int, seed: int) -> pd.DataFrame:
-    """n held-out pairs, balanced over pair kinds, drawn with a fixed seed (val, else test, else train), with
-    the dataset of each pair's target."""
+    """At most n held-out pairs, balanced over datasets and then over each dataset's pair kinds, drawn with a fixed
+    seed, with the dataset of each pair. Each dataset uses its own val, else test, else its hashed hold-out
+    (shards.pairs.hashed_hold_out), and self pairs only where that split has no pose or view pairs."""
     pairs = read_table(shards_dir / schema.PAIRS_FILE).to_pandas()
-    split = next(s for s in ("val", "test", "train") if (pairs.split == s).any())
+    pairs = pairs.assign(dataset=[schema.SampleKey.parse(key).dataset for key in pairs.target])
+    held_out = [held_out_pairs(rows) for _, rows in pairs.groupby("dataset", sort=True)]
+    held_out = [rows for rows in held_out if len(rows)]
+    chosen = []
+    for rows in held_out:
+        quota = max(1, n // len(held_out))  # unused quota is not handed on: the default's pairs stay as they were
+        chosen += [g.sample(min(len(g), max(1, quota // rows.kind.nunique())), random_state=seed)
+                   for _, g in rows.groupby("kind", sort=True)]
+    columns = ["split", "reference", "target", "kind", "dataset"]
+    return pd.concat(chosen).head(n).reset_index(drop=True) if chosen else pd.DataFrame(columns=columns)
+
+
+def held_out_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One dataset's pairs in its first held-out split; its self pairs only where that split has no others."""
+    split = next((s for s in HELD_OUT_SPLITS if (pairs.split == s).any()), None)
     pairs = pairs[pairs.split == split]
-    per_kind = [g.sample(min(len(g), max(1, n // pairs.kind.nunique())), random_state=seed)
-                for _, g in pairs.groupby("kind", sort=True)]
-    chosen = pd.concat(per_kind).head(n).reset_index(drop=True)
-    return chosen.assign(dataset=[schema.SampleKey.parse(key).dataset for key in chosen.target])
+    partnered = pairs[pairs.kind != "self"]
+    return partnered if len(partnered) else pairs
+
+
+def pairs_used(pairs: pd.DataFrame) -> dict[str, dict]:
+    """Per dataset: the split its pairs came from and how many of each kind (0 where it has none)."""
+    return {dataset: dict(split=rows.split.iloc[0], **{k: int((rows.kind == k).sum()) for k in schema.PAIR_KINDS})
+            for dataset, rows in pairs.groupby("dataset", sort=True)}
 
 
 def per_group(pairs: pd.DataFrame, column: str, scores: Callable[[np.ndarray], dict]) -> dict[str, dict]:
@@ -106,6 +133,8 @@ def round_floats(d):
 
 def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainParams, p: EvaluateParams) -> dict:
     pairs = choose_pairs(shards_dir, p.n_pairs, p.seed)
+    if pairs.empty:
+        raise NoHeldOutPairs(f"no held-out pairs in {shards_dir}: no dataset has a val or test split or two sequences")
     batch, target_keypoints = load_examples(shards_dir, pairs, train_p)
     autoencoder = load_autoencoder(train_p.vae_path)  # a latent model samples latents; score decoded images
     trained = load_module(models_dir, autoencoder=autoencoder)
@@ -126,7 +155,8 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
                     hands=hand_metrics(detected["generated"][rows], target_keypoints[rows]),
                     hands_on_real_targets=hand_metrics(detected["target"][rows], target_keypoints[rows]))
 
-    result = dict(n_pairs=len(pairs), resolution=train_p.resolution, **scores(np.arange(len(pairs))),
+    result = dict(n_pairs=len(pairs), pairs_used=pairs_used(pairs), resolution=train_p.resolution,
+                  **scores(np.arange(len(pairs))),
                   per_kind=per_group(pairs, "kind", scores), per_dataset=per_group(pairs, "dataset", scores))
     if p.fid_extractor_path:  # over all pairs only: a distance between distributions needs many samples
         extractor = metrics.load_feature_extractor(p.fid_extractor_path)

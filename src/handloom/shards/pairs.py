@@ -2,6 +2,8 @@
 frame, other camera), and self pairs for samples with neither (trained with an augmented copy, as FoundHand)."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -9,6 +11,8 @@ import pyarrow as pa
 from handloom import schema
 
 # Per kind: the column a pair shares besides the sequence, and the one it varies.
+HOLD_OUT = "holdout"        # the pairs' split of sequences held out of a dataset without val or test of its own
+HOLD_OUT_FRACTION = 0.1     # of such a dataset's sequences (at least one, when it has two or more)
 PARTNER_AXES = {"pose": ("camera", "frame"), "view": ("frame", "camera")}
 
 
@@ -39,5 +43,20 @@ def make_pairs(index: pd.DataFrame, max_partners: int = 8) -> pa.Table:
     pairs = pd.concat([kind_pairs(index, kind, max_partners) for kind in PARTNER_AXES], ignore_index=True)
     alone = index[~index.key.isin(pairs.reference)]
     selfs = pd.DataFrame(dict(split=alone.split, reference=alone.key, target=alone.key, kind="self"))
-    pairs = pd.concat([pairs, selfs], ignore_index=True).sort_values(["split", "reference", "kind", "target"])
+    pairs = pd.concat([pairs, selfs], ignore_index=True)
+    pairs.loc[pairs.reference.isin(hashed_hold_out(index)), "split"] = HOLD_OUT
+    pairs = pairs.sort_values(["split", "reference", "kind", "target"])
     return pa.Table.from_pandas(pairs[schema.PAIRS.names], schema=schema.PAIRS, preserve_index=False)
+
+
+def hashed_hold_out(index: pd.DataFrame) -> set[str]:
+    """Keys whose pairs nobody trains on, so a dataset with only a train split can still be evaluated: in each such
+    dataset, the sequences first by a hash of their name, a tenth of them (at least one of two or more)."""
+    held = set()
+    for _, rows in index.groupby("dataset", sort=True):
+        sequences = sorted(rows.sequence.unique(), key=lambda s: hashlib.sha256(s.encode()).digest())
+        if set(rows.split) != {"train"} or len(sequences) < 2:
+            continue
+        chosen = sequences[:max(1, round(HOLD_OUT_FRACTION * len(sequences)))]
+        held.update(rows.key[rows.sequence.isin(chosen)])
+    return held

@@ -91,6 +91,12 @@ def quality(keypoints: np.ndarray, annotation, has_gt: bool) -> dict:
                 mp_score_min=min((scores[h] for h in present), default=0.0), mask_area=int(annotation.mask_area))
 
 
+def handedness_fields(annotation) -> dict:
+    """The sample's sides and their source; nothing for annotations written before annotate decided them."""
+    source = getattr(annotation, "handedness_source", None)
+    return dict(handedness=list(annotation.handedness), handedness_source=source) if isinstance(source, str) else {}
+
+
 def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> Sample | str:
     """The shard members of one sample, or a reject reason."""
     image = decode_image(jpeg)
@@ -99,7 +105,8 @@ def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> S
     mask = decode_image(annotation.mask_png, gray=True)
     gt = keypoints_array(record.gt_keypoints)
     mp = keypoints_array(annotation.mp_keypoints)
-    keypoints = gt if gt is not None else mp  # ground truth where the dataset has it, else MediaPipe
+    # Ground truth where the dataset has it, else MediaPipe; a lone hand in the rows of the side annotate gave it.
+    keypoints = schema.on_sides(gt if gt is not None else mp, getattr(annotation, "handedness", None))
     scale = p.crop_size / image.shape[0]
     if image.shape[:2] != (p.crop_size, p.crop_size):
         image = cv2.resize(image, (p.crop_size, p.crop_size), interpolation=cv2.INTER_AREA)
@@ -108,6 +115,7 @@ def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> S
     meta = dict(key=key, dataset=record.dataset, caption=annotation.caption, metadata=json.loads(record.metadata),
                 mp_keypoints=(mp * np.float32([scale, scale, 1])).tolist(), mp_scores=[float(s) for s in annotation.mp_scores],
                 keypoint_source="ground_truth" if gt is not None else "mediapipe",
+                **handedness_fields(annotation),
                 mask_backend=annotation.mask_backend, caption_backend=annotation.caption_backend,
                 license=record.license, source=record.source)
     buf = io.BytesIO()

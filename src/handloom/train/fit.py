@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
+import fsspec
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from handloom import schema
 from handloom.io import atomic_path, remove_torn_writes
 from handloom.model.repa import load_repa_encoder
 from handloom.model.vae import load_autoencoder, vae_geometry
 from handloom.params import TrainParams
 from handloom.shards.conditioning import CHANNELS
 from handloom.shards.reader import ExampleSpec
+from handloom.shards.remote import read_parquet
 from handloom.train.data import PairStream
 from handloom.train.latents import LatentCache, open_cache
 from handloom.train.module import HandDiffusionModule, TrainConfig
@@ -79,8 +83,10 @@ def precision(p: TrainParams) -> str:
 
 def trainer_options(p: TrainParams) -> dict:
     """The stage's Trainer settings, less logger and checkpoints (benchmarks/train_step.py times exactly these)."""
+    # Logging at least once by the last step, so DVCLive's declared metrics and plots exist whatever the params.
     return dict(max_steps=p.max_steps, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
-                precision=precision(p), gradient_clip_val=p.grad_clip, log_every_n_steps=p.log_every_n_steps,
+                precision=precision(p), gradient_clip_val=p.grad_clip,
+                log_every_n_steps=min(p.log_every_n_steps, p.max_steps),
                 enable_model_summary=False, limit_val_batches=0, deterministic=False)
 
 
@@ -117,16 +123,62 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return rebase_checkpoint_paths(checkpoint, lambda p: os.path.realpath(folder / p))
 
 
-def resumable_checkpoint(models_dir: Path, config: TrainConfig) -> tuple[Path | None, int]:
-    """(the last checkpoint, its global step) if trained with the same model and data settings, else (None, 0)."""
+def shards_fingerprint(shards_dir: str | Path) -> str:
+    """A digest of the shards a model trains on: their index and pairs, and each dataset's record of its inputs
+    (which covers tar bytes that a change of crop or JPEG quality alters without moving an offset)."""
+    root = str(shards_dir).rstrip("/")
+    digest = hashlib.sha256()
+    names = [schema.INDEX_FILE, schema.PAIRS_FILE]
+    names += [f"{schema.STATS_DIR}/{schema.DATASET_RECORD_FILE.format(dataset=d)}"
+              for d in sorted(read_parquet(f"{root}/{schema.INDEX_FILE}").dataset.unique())]
+    for name in names:
+        try:
+            with fsspec.open(f"{root}/{name}", "rb") as f:
+                digest.update(name.encode() + f.read())
+        except FileNotFoundError:
+            digest.update(name.encode())
+    return digest.hexdigest()
+
+
+class TrainedOn(Callback):
+    """Keeps the fingerprint of the shards in the checkpoint: new data is a new run, not a resume."""
+
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+
+    def state_dict(self) -> dict:
+        return {"shards": self.fingerprint}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # resumable_checkpoint has compared it already
+
+
+class FinalSamples(Callback):
+    """A sample grid at the last step when the every-n-steps grids miss it, so the declared
+    reports/train/plots/images output exists whatever max_steps and sample_every_n_steps are."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step, n = trainer.global_step, module.config.sample_every_n_steps
+        if step >= trainer.max_steps and not (n and step % n == 0):
+            module.log_samples(batch, step)
+
+
+def resumable_checkpoint(models_dir: Path, config: TrainConfig, fingerprint: str) -> tuple[Path | None, int]:
+    """(the last checkpoint, its global step) if trained on the same shards with the same model settings and short
+    of config.max_steps, else (None, 0) after one line saying why the run starts from scratch."""
     path = models_dir / CHECKPOINT
     if not path.exists():
         return None, 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved, current = state["hyper_parameters"]["config"], dataclasses.asdict(config)
-    changed = {k for k in current if saved.get(k) != current[k]} - RESUMABLE_CHANGES
-    if changed:
-        print(f"train: not resuming {path}: {sorted(changed)} changed; starting from scratch")
+    changed = sorted({k for k in current if saved.get(k) != current[k]} - RESUMABLE_CHANGES)
+    trained_on = state.get("callbacks", {}).get(TrainedOn.__qualname__, {}).get("shards")
+    why = (f"{changed} changed" if changed else
+           "the shards changed" if trained_on != fingerprint else
+           f"max_steps {config.max_steps} is not above its step {state['global_step']}"
+           if state["global_step"] >= config.max_steps else None)
+    if why:
+        print(f"train: not resuming {path}: {why}; starting from scratch")
         return None, 0
     return path, state["global_step"]
 
@@ -145,14 +197,16 @@ def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
     repa_encoder = load_repa_encoder(p.repa_encoder_path, p.resolution, config.input_size // config.patch_size)
     if repa_encoder is not None:  # in the config, so turning REPA on or off is a new model, not a resume
         config = dataclasses.replace(config, repa_dim=repa_encoder.embed_dim)
-    ckpt, step = resumable_checkpoint(models_dir, config)
+    fingerprint = shards_fingerprint(shards_dir)
+    ckpt, step = resumable_checkpoint(models_dir, config, fingerprint)
     module = HandDiffusionModule(config, repa_encoder=repa_encoder, autoencoder=load_autoencoder(p.vae_path))
     logger = LiveLogger(dir=str(log_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False, report=None)
     # No version counter: a run that starts afresh overwrites last.ckpt instead of adding last-v1.ckpt, ...
     # to the persisted directory.
     checkpoints = ModelCheckpoint(dirpath=models_dir, save_last=True, save_top_k=0, enable_version_counter=False,
                                   every_n_train_steps=p.checkpoint_every_n_steps)
-    trainer = L.Trainer(**trainer_options(p), logger=logger, callbacks=[checkpoints], plugins=[AtomicCheckpointIO()])
+    trainer = L.Trainer(**trainer_options(p), logger=logger, plugins=[AtomicCheckpointIO()],
+                        callbacks=[checkpoints, TrainedOn(fingerprint), FinalSamples()])
     if trainer.is_global_zero:
         remove_torn_writes(models_dir)
         if ckpt is not None:
