@@ -49,8 +49,9 @@ def toy_dataset(tmp_path):
     return write_toy_dataset(tmp_path, "toy", TOY_SPECS)
 
 
-def write_toy_dataset(root, dataset: str, specs, seed: int = 0):
-    """`dataset` under root/ingest and root/annotations, one sample per (split, sequence, frame, camera)."""
+def write_toy_dataset(root, dataset: str, specs, seed: int = 0, ground_truth: bool = True):
+    """`dataset` under root/ingest and root/annotations, one sample per (split, sequence, frame, camera); without
+    ground_truth the keypoints are only MediaPipe's (as HaGRID's)."""
     rng = np.random.default_rng(seed)
     size = 64
     writer = DatasetWriter(root / "ingest" / dataset, dataset, license="test", source="test")
@@ -61,7 +62,7 @@ def write_toy_dataset(root, dataset: str, specs, seed: int = 0):
         kp = toy_keypoints(rng, size)
         mask = np.zeros((size, size), np.uint8)
         mask[16:48, 16:48] = 255
-        writer.add(key, image, kp, (0, 0, size, size), {"camera": cam}, mask=mask)
+        writer.add(key, image, kp if ground_truth else None, (0, 0, size, size), {"camera": cam}, mask=mask)
         annotations.append(dict(key=str(key), mp_keypoints=kp.ravel().tolist(), mp_handedness=["right"],
                                 mp_scores=[0.9, 0.0], keypoint_backend="test", mask_png=encode_png(mask),
                                 mask_area=int((mask > 0).sum()), mask_backend="ground_truth",

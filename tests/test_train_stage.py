@@ -1,5 +1,6 @@
 """The train stage on real shards: a Lightning run, a checkpoint that loads with weights_only, exact resume."""
 import torch
+from conftest import TOY_SPECS, write_toy_dataset
 
 from handloom.params import ShardParams, TrainParams
 from handloom.shards.writer import write_shards
@@ -51,3 +52,32 @@ def test_checkpoint_bytes_do_not_depend_on_the_folder(toy_dataset, recwarn):
     fit(TrainParams(max_steps=3, **TINY), shards_dir, runs[0] / "models", runs[0] / "logs")
     assert torch.load(runs[0] / "models" / CHECKPOINT, weights_only=True)["global_step"] == 3
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+
+
+def said(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("train:")]
+
+
+def test_declared_outputs_exist_and_only_same_shards_with_steps_to_go_resume(toy_dataset, tmp_path, capsys):
+    """max_steps below sample_every_n_steps and log_every_n_steps still writes the metrics, plots and images DVC
+    declares; new shards, or no step to add, start afresh and say why in one line."""
+    shards_dir, models, logs = shards(toy_dataset), toy_dataset / "models", toy_dataset / "logs"
+    short = dict(TINY, log_every_n_steps=50)  # sample_every_n_steps 1000
+    fit(TrainParams(max_steps=2, **short), shards_dir, models, logs)
+    assert [p.name for p in (logs / "plots" / "images").rglob("*.png")] == ["2.png"]
+    assert (logs / "metrics.json").exists() and list((logs / "plots" / "metrics").rglob("loss.tsv"))
+
+    fit(TrainParams(max_steps=2, **short), shards_dir, models, logs)  # e.g. only log_every_n_steps changed
+    assert said(capsys) == [f"train: not resuming {models / CHECKPOINT}: max_steps 2 is not above its step 2; "
+                            "starting from scratch"]
+    assert torch.load(models / CHECKPOINT, weights_only=True)["global_step"] == 2
+
+    more = tmp_path / "more"  # the toy dataset and one more sequence: other shards
+    write_toy_dataset(more, "toy", TOY_SPECS + [("train", "seqc", 0, "0"), ("train", "seqc", 1, "0")])
+    new_shards = shards(more)
+    fit(TrainParams(max_steps=3, **short), new_shards, models, logs)
+    assert said(capsys) == [f"train: not resuming {models / CHECKPOINT}: the shards changed; starting from scratch"]
+    fresh = tmp_path / "fresh"
+    fit(TrainParams(max_steps=3, **short), new_shards, fresh / "models", fresh / "logs")
+    trained, alone = (torch.load(m / CHECKPOINT, weights_only=True)["state_dict"] for m in (models, fresh / "models"))
+    assert all(torch.equal(trained[k], alone[k]) for k in alone)  # the same as a run that never saw the old shards
