@@ -35,6 +35,9 @@ def multi_dataset_project(root: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    # DVCLive asks git for a revision: the repository needs a commit.
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q",
+                    "--allow-empty", "-m", "multi-dataset project"], cwd=root, check=True)
     return root
 
 
