@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import write_toy_dataset
 
+from conftest import write_toy_dataset
 from handloom import schema
 from handloom.annotate.captions import template_caption
 from handloom.annotate.keypoints import suppress_duplicate
@@ -22,7 +22,7 @@ from handloom.datasets.samples import DEFAULT_SAMPLES_DIR
 from handloom.datasets.store import read_manifest
 from handloom.evaluate.pipeline import choose_pairs, evaluate, pairs_used
 from handloom.io import decode_image, write_json, write_table
-from handloom.params import EvaluateParams, HaGRIDParams, Params, ReportParams, ShardParams, TrainParams
+from handloom.params import HaGRIDParams, Params, ShardParams
 from handloom.report.build import build_report
 from handloom.shards.pairs import HOLD_OUT, make_pairs
 from handloom.shards.writer import write_shards

@@ -1,7 +1,7 @@
 """The train stage on real shards: a Lightning run, a checkpoint that loads with weights_only, exact resume."""
 import torch
-from conftest import TOY_SPECS, write_toy_dataset
 
+from conftest import TOY_SPECS, write_toy_dataset
 from handloom.params import ShardParams, TrainParams
 from handloom.shards.writer import write_shards
 from handloom.train.fit import CHECKPOINT, fit, load_module

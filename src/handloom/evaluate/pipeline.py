@@ -10,15 +10,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from handloom import schema
-from handloom import keypoint_metrics
+from handloom import keypoint_metrics, schema
 from handloom.annotate.keypoints import detect_all, make_detector
 from handloom.evaluate import metrics
 from handloom.io import atomic_path, read_table, remove_torn_writes
+from handloom.model.vae import load_autoencoder
 from handloom.params import EvaluateParams, TrainParams
 from handloom.shards.pairs import HOLD_OUT
 from handloom.shards.reader import read_sample, to_example
-from handloom.model.vae import load_autoencoder
 from handloom.train.fit import example_spec, load_module, train_config
 from handloom.train.module import HandDiffusionModule, to_uint8_image
 

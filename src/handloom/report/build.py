@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 
 from handloom import schema
+from handloom.draw import GT_COLOR, MP_COLOR, draw_keypoints, markdown_table, pose_image, save_png, tile
 from handloom.evaluate.pipeline import SAMPLES_FILE, choose_pairs
 from handloom.generate import MODES, generate, load_generator
 from handloom.io import read_table, remove_torn_writes, write_bytes
 from handloom.params import EvaluateParams, Params, ReportParams, TrainParams
-from handloom.draw import GT_COLOR, MP_COLOR, draw_keypoints, markdown_table, pose_image, save_png, tile
 from handloom.report.render import plot_series, read_dvclive_series, read_json
 from handloom.shards.reader import read_sample
 from handloom.train.fit import CHECKPOINT
