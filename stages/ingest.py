@@ -10,7 +10,7 @@ def main(dataset: str) -> None:
     params = stage_params()
     out = Path("data/ingest") / dataset
     writer = ingest(dataset, getattr(params.ingest, dataset), out)
-    print(f"ingest@{dataset}: {len(writer.rows)} samples, {len(writer.rejects)} rejects -> {out}")
+    print(f"ingest@{dataset}: {writer.n_samples} samples, {len(writer.rejects)} rejects -> {out}")
 
 
 if __name__ == "__main__":

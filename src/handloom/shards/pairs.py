@@ -2,11 +2,18 @@
 frame, other camera), and self pairs for samples with neither (trained with an augmented copy, as FoundHand)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from handloom import schema
+from handloom.io import ParquetStream
+
+PAIRS_BATCH_ROWS = 100_000  # index rows per make_pairs call: vectorised, and tens of MB at most
 
 # Per kind: the column a pair shares besides the sequence, and the one it varies.
 PARTNER_AXES = {"pose": ("camera", "frame"), "view": ("frame", "camera")}
@@ -40,4 +47,41 @@ def make_pairs(index: pd.DataFrame, max_partners: int = 8) -> pa.Table:
     alone = index[~index.key.isin(pairs.reference)]
     selfs = pd.DataFrame(dict(split=alone.split, reference=alone.key, target=alone.key, kind="self"))
     pairs = pd.concat([pairs, selfs], ignore_index=True).sort_values(["split", "reference", "kind", "target"])
-    return pa.Table.from_pandas(pairs[schema.PAIRS.names], schema=schema.PAIRS, preserve_index=False)
+    table = pa.Table.from_pandas(pairs[schema.PAIRS.names], schema=schema.PAIRS, preserve_index=False)
+    return table.replace_schema_metadata(None)  # the schema's own, however pandas held the rows
+
+
+def sequence_batches(index_path: Path, split: str, min_rows: int = PAIRS_BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """The index rows of one split in key order, in frames of at least `min_rows` rows cut between sequences: pairs
+    never leave a sequence, so each frame's pairs are complete, and frames come in reference order."""
+    columns = ["key", "dataset", "split", "sequence", "frame", "camera"]
+    held, rows, last = [], 0, None
+    for batch in pq.ParquetFile(index_path).iter_batches(batch_size=65536, columns=columns):
+        frame = batch.to_pandas()
+        frame = frame[frame.split == split]
+        if frame.empty:
+            continue
+        if rows >= min_rows:
+            ids = frame.dataset + "/" + frame.sequence
+            cut = int((ids != last).to_numpy().argmax()) if (ids != last).any() else len(frame)
+            held.append(frame.iloc[:cut])
+            if cut < len(frame):
+                yield pd.concat(held, ignore_index=True)
+                held, rows = [], 0
+            frame = frame.iloc[cut:]
+        held.append(frame)
+        rows += len(frame)
+        if len(frame):
+            last = frame.dataset.iloc[-1] + "/" + frame.sequence.iloc[-1]
+    if rows:
+        yield pd.concat(held, ignore_index=True)
+
+
+def write_pairs(index_path: Path, out_path: Path, max_partners: int = 8) -> int:
+    """pairs.parquet from index.parquet, a batch of whole sequences at a time, sorted by split then reference as
+    make_pairs sorts them; returns how many."""
+    with ParquetStream(out_path, schema.PAIRS) as out:
+        for split in sorted(schema.SPLITS):
+            for frame in sequence_batches(index_path, split):
+                out.write(make_pairs(frame, max_partners))
+    return out.rows
