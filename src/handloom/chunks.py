@@ -14,12 +14,19 @@ R = TypeVar("R")
 # An address in the environment, not a param: the engine changes no output, so DVC must not see it change.
 SCHEDULER_ENV = "HANDLOOM_DASK_SCHEDULER"
 WORKERS_ENV = "HANDLOOM_WORKERS"  # local processes where a stage's params do not say (0 or unset: one per core)
+CHUNK_ENV = "HANDLOOM_CHUNK_SIZE"  # records per chunk instead of each stage's default (tests, benchmarks)
 IN_FLIGHT_PER_WORKER = 2  # chunks submitted ahead per worker: none idles, and memory stays a few chunks' worth
 
 
 def pool_size(workers: int | None = 0) -> int:
     """0 or None: HANDLOOM_WORKERS, else one worker per core."""
     return workers or int(os.environ.get(WORKERS_ENV) or 0) or os.cpu_count() or 1
+
+
+def chunk_size(default: int) -> int:
+    """Records per chunk: the stage's default unless HANDLOOM_CHUNK_SIZE says otherwise. Like the engine, it
+    changes no byte of the outputs: results are merged in key order."""
+    return int(os.environ.get(CHUNK_ENV) or 0) or default
 
 
 def scheduler_address() -> str | None:
@@ -116,7 +123,7 @@ def map_chunks(fn: Callable[[T], R], chunks: Iterable[T], workers: int | None = 
     """
     from tqdm import tqdm
 
-    with engine(workers, n_chunks) as ran, tqdm(total=total, desc=desc, unit=unit, disable=None) as bar:
+    with engine(workers, n_chunks) as ran, tqdm(total=total, desc=desc, unit=unit) as bar:
         window = IN_FLIGHT_PER_WORKER * ran.workers()
         pending: deque = deque()
 

@@ -20,7 +20,7 @@ from handloom.annotate.captions import template_caption
 from handloom.annotate.keypoints import HandDetection, detect_many
 from handloom.annotate.masks import GRABCUT_ITERATIONS, GRABCUT_SIDE, GRABCUT_VERSION, grabcut_png
 from handloom.annotate.pool import pmap
-from handloom.chunks import batched, map_chunks
+from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets.store import Record, count_images, keypoints_array, manifest_images
 from handloom.io import ParquetStream, decode_image, encode_png, remove_torn_writes, sha256
 from handloom.params import AnnotateParams
@@ -64,8 +64,9 @@ def annotate_dataset(ingest_dir: Path, out_dir: Path, p: AnnotateParams) -> dict
     n = count_images(ingest_dir)
     # One detector per worker: the chunk engine is the parallelism, a pool inside a chunk would fight it.
     annotate = partial(annotate_chunk, p.model_copy(update={"workers": 1}))
-    results = map_chunks(annotate, batched(manifest_images(ingest_dir), IMAGES_PER_CHUNK), p.workers,
-                         desc=f"annotate {Path(ingest_dir).name}", total=n, n_chunks=-(-n // IMAGES_PER_CHUNK))
+    size = chunk_size(IMAGES_PER_CHUNK)
+    results = map_chunks(annotate, batched(manifest_images(ingest_dir), size), p.workers,
+                         desc=f"annotate {Path(ingest_dir).name}", total=n, n_chunks=-(-n // size))
     return write_annotations(out_dir, results)
 
 

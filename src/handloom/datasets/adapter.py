@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from handloom import schema
-from handloom.chunks import batched, map_chunks
+from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets import crops
 from handloom.datasets.sources import resolve_source
 from handloom.datasets.splits import assign_split
@@ -72,7 +72,8 @@ class Spec:
 def run_adapter(spec: Spec, p: DatasetParams, out_dir: Path) -> DatasetWriter:
     """Resolve the source, plan the native records in key order, crop them chunk by chunk, write as they come."""
     source_dir = resolve_source(p.source, p.sha256, max_bytes=int(p.max_archive_gb * (1 << 30)))
-    root = source_dir / p.subdir if p.subdir else source_dir
+    # Absolute: the chunks' workers (a Dask cluster) may run in another folder.
+    root = (source_dir / p.subdir if p.subdir else source_dir).absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"{spec.name}: {root} is not a folder (check `source` and `subdir`)")
     writer = DatasetWriter(out_dir, spec.name, license=spec.license, source=p.source)
@@ -202,7 +203,7 @@ def plan(dataset: str, records: Iterable[ImageRecord]) -> list[ImageRecord]:
 def emit(writer: DatasetWriter, records: list[ImageRecord], p: DatasetParams, root: Path) -> None:
     """Every hand of every record lands in one sample's metadata["records"] or in one reject row. Chunks of records
     are cropped on the chunk engine; the writer is told after each how far the keys have come."""
-    chunks = list(batched(records, RECORDS_PER_CHUNK))
+    chunks = list(batched(records, chunk_size(RECORDS_PER_CHUNK)))
     floors = [base_key(writer.dataset, chunk[0]) for chunk in chunks[1:]] + [None]
     crop = partial(crop_records, writer.dataset, p, root)
     results = map_chunks(crop, chunks, desc=f"ingest {writer.dataset}", total=len(records), n_chunks=len(chunks))

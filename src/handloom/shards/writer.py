@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 import handloom.io
 from handloom import schema
-from handloom.chunks import batched, map_chunks
+from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets.store import keypoints_array, manifest_images, manifest_rows
 from handloom.io import ROWS_PER_GROUP, ParquetStream, atomic_path, decode_image, encode_jpeg, write_json, write_table
 from handloom.params import ShardParams
@@ -191,8 +191,9 @@ def iter_sequences(ingest_dir: Path, annotate_dir: Path, p: ShardParams, rejects
     """Samples of one dataset, built in chunks on the chunk engine, streamed in key order, grouped by
     (split, sequence)."""
     n = pq.ParquetFile(annotate_dir / schema.ANNOTATIONS_FILE).metadata.num_rows
-    built = map_chunks(partial(build_chunk, p), batched(shard_inputs(ingest_dir, annotate_dir), SAMPLES_PER_CHUNK),
-                       desc=f"shard {ingest_dir.name}", total=n, n_chunks=-(-n // SAMPLES_PER_CHUNK))
+    size = chunk_size(SAMPLES_PER_CHUNK)
+    built = map_chunks(partial(build_chunk, p), batched(shard_inputs(ingest_dir, annotate_dir), size),
+                       desc=f"shard {ingest_dir.name}", total=n, n_chunks=-(-n // size))
     group, group_id = [], None
     for key, sample in (item for chunk in built for item in chunk):
         if isinstance(sample, str):
