@@ -148,7 +148,7 @@ def plot(results: dict, path: Path) -> None:
         axes[1].plot(sizes, [results[str(n)][stage]["peak_rss_mb"] for n in sizes], "o-", label=stage)
     for ax, label in zip(axes, ("CPU ms per image", "peak RSS of the stage's processes (MB)")):
         ax.set_xscale("log")
-        ax.set_xticks(sizes, [f"{n // 1000}k" for n in sizes])
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
         ax.set_xlabel("images")
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
@@ -162,7 +162,7 @@ def plot(results: dict, path: Path) -> None:
 def readme_table(result: dict) -> str:
     """The README's tables: per stage and size, then the 10M-image estimate."""
     sizes = [str(n) for n in result["sizes"]]
-    lines = ["| stage | " + " | ".join(f"{int(n) // 1000}k: CPU ms/img, peak RSS" for n in sizes)
+    lines = ["| stage | " + " | ".join(f"{int(n):,} images: CPU ms/img, peak RSS" for n in sizes)
              + " | RSS growth | CPU/img growth | 2 workers vs 1 |", "|---" * (len(sizes) + 4) + "|"]
     for stage in STAGES:
         cells = [f"{1000 * result['runs'][n][stage]['cpu_s_per_image']:.1f}, {result['runs'][n][stage]['peak_rss_mb']:.0f} MB"
@@ -175,7 +175,7 @@ def readme_table(result: dict) -> str:
                      f"processes did over 1 on pure CPU work) was {capacity[0]}x before and {capacity[1]}x after.")
     e = result["estimate_10m"]
     lines += ["", f"At FoundHand's scale ({CORPUS // 10**6}M images), from the CPU seconds per image measured at "
-              f"{int(sizes[-1]) // 1000}k:", "", "| stage | core-hours |", "|---|---|"]
+              f"{int(sizes[-1]):,} images:", "", "| stage | core-hours |", "|---|---|"]
     lines += [f"| {stage} | {hours:,.0f} |" for stage, hours in e["core_hours"].items()]
     lines += [f"| total | {e['total_core_hours']:,.0f} |", "",
               f"Done in a day: {e['cores_for_one_day']} cores, i.e. {e['machines_for_one_day']} machines of "
