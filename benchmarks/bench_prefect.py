@@ -140,15 +140,24 @@ def run_child(kind: str, *args: str) -> None:
             raise SystemExit(f"flow failed: {state.message}")
         result = state.result()
     else:
-        from handloom.orchestrate.fanout import annotate_fanout, dask_runner
+        from distributed import LocalCluster
+
+        from handloom.annotate.pipeline import annotate_dataset
+        from handloom.chunks import CHUNK_ENV, SCHEDULER_ENV
         from handloom.params import load_params
 
         ingest_dir, n_workers, chunk_size, out = args
         # An empty annotation cache of its own: every run detects every image.
         p = load_params(ROOT / "params.yaml").annotate.model_copy(update={"cache_dir": f"{out}/cache"})
-        seconds, result = timed(annotate_fanout.with_options(task_runner=dask_runner(n_workers=int(n_workers))),
-                                ingest_dir=ingest_dir, out_dir=f"{out}/annotations", stats_path=f"{out}/stats.json",
-                                parts_dir=f"{out}/parts", p=p, chunk_size=int(chunk_size))
+
+        def fanout() -> dict:
+            """The annotate stage on a local Dask cluster, as the flow runs it (cluster start included)."""
+            with LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address=None) as cluster:
+                os.environ.update({SCHEDULER_ENV: cluster.scheduler_address, CHUNK_ENV: chunk_size})
+                return annotate_dataset(Path(ingest_dir), Path(out) / "annotations", p)
+
+        seconds, result = timed(fanout)
     print(RESULT, json.dumps({"seconds": seconds, "result": result}), flush=True)
 
 
@@ -289,7 +298,7 @@ SETUP = ("overhead: Prefect flow run (`pipeline()` against a real local server; 
          "cpu_overhead: the same with CPU seconds of each side's process tree (+ the server's for the flow). "
          "noop_*: both again with every stage up to date; noop_overhead: that difference over the median full `dvc "
          "repro`, the flow's fixed cost without the load's noise on it. dask_speedup_2_vs_1: annotate@synthetic's fan-out "
-         "(annotate_fanout, cluster start included, empty annotation cache each run) on a local Dask cluster of 1 "
+         "(the annotate stage with HANDLOOM_DASK_SCHEDULER, cluster start included, empty annotation cache each run) on a local Dask cluster of 1 "
          "vs 2 single-threaded workers, chunks of dask_chunk_size images, in turn, median of dask_rounds; "
          "parallel_capacity_2_vs_1: pure-Python work 2 processes do over 1, before and after (2.0 = two idle cores)")
 

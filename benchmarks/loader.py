@@ -59,7 +59,7 @@ def base_tables(ingest: Path) -> tuple[list[dict], list[dict]]:
 def copies_dataset(base: Path, work: Path, copies: int) -> Path:
     """`copies` x the base samples, each copy under new sequence names, then sharded."""
     from handloom import schema
-    from handloom.datasets.store import DatasetWriter
+    from handloom.datasets.store import DatasetWriter, EncodedSample
     from handloom.io import read_table, write_table
     from handloom.params import ShardParams
     from handloom.shards.writer import write_shards
@@ -75,10 +75,11 @@ def copies_dataset(base: Path, work: Path, copies: int) -> Path:
         for row, image, note in zip(manifest, images, annotations):
             k = schema.SampleKey.parse(row["key"])
             key = str(schema.SampleKey("bench", k.split, f"{k.sequence}c{c:03d}", k.frame, k.camera))
-            writer.rows.append(dict(row, key=key, dataset="bench", sequence=f"{k.sequence}c{c:03d}"))
-            writer.images.append(dict(image, key=key))
+            writer.add_encoded(EncodedSample(dict(row, key=key, dataset="bench", sequence=f"{k.sequence}c{c:03d}"),
+                                             image["jpeg"], image["mask_png"], (key,)))
             renamed.append(dict(note, key=key))
     writer.write()
+    renamed.sort(key=lambda r: r["key"])  # in key order, as the annotate stage writes them
     write_table(out / "annotations" / "bench" / schema.ANNOTATIONS_FILE,
                 schema.table_from_rows(renamed, schema.ANNOTATIONS))
     write_shards({"bench": (out / "ingest" / "bench", out / "annotations" / "bench")}, out / "shards",

@@ -1,8 +1,7 @@
 """Prefect entry points for prefect.yaml; the flows live in handloom.orchestrate, where Dask workers can import them."""
-from handloom.orchestrate.fanout import annotate_fanout
 from handloom.orchestrate.flows import pipeline
 
-__all__ = ["annotate_fanout", "pipeline"]
+__all__ = ["pipeline"]
 
 if __name__ == "__main__":
     pipeline()

@@ -14,7 +14,7 @@ def main(dataset: str) -> None:
     except FileNotFoundError as e:  # a source or annotation file params.yaml points at is not there
         print(f"error: ingest@{dataset}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"ingest@{dataset}: {len(writer.rows)} samples, {len(writer.rejects)} rejects -> {out}")
+    print(f"ingest@{dataset}: {writer.n_samples} samples, {len(writer.rejects)} rejects -> {out}")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def write_toy_dataset(root, dataset: str, specs, seed: int = 0, ground_truth: bo
                                 mask_area=int((mask > 0).sum()), mask_backend="ground_truth",
                                 caption="a hand", caption_backend="template"))
     writer.write()
+    annotations.sort(key=lambda r: r["key"])  # as the annotate stage writes them
     write_table(root / "annotations" / dataset / "annotations.parquet",
                 schema.table_from_rows(annotations, schema.ANNOTATIONS))
     return root

@@ -233,7 +233,7 @@ def test_corrupt_image_and_truncated_annotation_become_rejects(tmp_path):
     reasons = dict(zip(rejects["key"], rejects["reason"]))
     assert reasons == {f"annotations/test/call.json#{call.stem}/0": schema.Reject.UNREADABLE_IMAGE,
                        "annotations/test/four.json": schema.Reject.TRUNCATED_ANNOTATION}
-    assert len(manifest) == len(writer.rows) == 11 - 1 - 2  # the call hand and both hands of `four` are out
+    assert len(manifest) == writer.n_samples == 11 - 1 - 2  # the call hand and both hands of `four` are out
     kept = {r for m in manifest["metadata"] for r in json.loads(m)["records"]}
     assert not any(r.startswith(("annotations/test/call.json", "annotations/test/four.json")) for r in kept)
 

@@ -20,7 +20,8 @@ from handloom.annotate import pipeline as annotate_pipeline
 from handloom.annotate.keypoints import HandDetection
 from handloom.io import write_json
 from handloom.orchestrate.dvcrun import StageFailed, repro_stage
-from handloom.orchestrate.fanout import annotate_fanout, chunk_ranges, dask_runner, fanout_dataset
+from handloom.chunks import CHUNK_ENV, SCHEDULER_ENV
+from handloom.orchestrate.fanout import chunked
 from handloom.orchestrate.flows import ARTIFACT_KEY, pipeline
 from handloom.orchestrate.graph import read_graph
 from handloom.orchestrate.overrides import apply_overrides
@@ -114,26 +115,30 @@ def corrupt_one_image(ingest_dir):
     pq.write_table(table.set_column(table.schema.get_field_index("jpeg"), "jpeg", [jpegs]), part)
 
 
-def test_fanout_writes_byte_for_byte_what_the_stage_writes(toy_dataset, tmp_path, monkeypatch, harness):
+def test_annotate_on_dask_writes_byte_for_byte_what_local_processes_write(toy_dataset, tmp_path, monkeypatch):
+    """The flow's fan-out is the stage itself with HANDLOOM_DASK_SCHEDULER set: chunks on the cluster, same bytes."""
+    from distributed import LocalCluster
+
     ingest = toy_dataset / "ingest" / "toy"
     corrupt_one_image(ingest)
     monkeypatch.setattr(annotate_pipeline, "detect_many", fake_detect)
     # The toy images are noise that the fake detector reads: no quality filter, and a cache of the test's own.
-    p = annotate_pipeline.AnnotateParams(min_mask_area=0, max_gt_disagreement=1, cache_dir=str(tmp_path / "cache"))
+    p = annotate_pipeline.AnnotateParams(min_mask_area=0, max_gt_disagreement=1, workers=1,
+                                         cache_dir=str(tmp_path / "cache"))
     stats = annotate_pipeline.annotate_dataset(ingest, tmp_path / "stage", p)
     write_json(tmp_path / "stage" / "stats.json", stats)
 
     fan = tmp_path / "fan"
-    # Threads, so the fake detector reaches the workers; tests/test_prefect_server.py runs real processes.
-    annotate_fanout.with_options(task_runner=dask_runner(n_workers=2, processes=False))(
-        ingest_dir=str(ingest), out_dir=str(fan), stats_path=str(fan / "stats.json"),
-        parts_dir=str(tmp_path / "parts"), chunk_size=2,
-        p=p.model_copy(update={"cache_dir": str(tmp_path / "cache-fan")}))  # detects for itself, not from the stage's
+    # Threads, so the fake detector reaches the workers; tests/test_dask_cluster.py runs real processes.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        monkeypatch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
+        monkeypatch.setenv(CHUNK_ENV, "2")
+        fanned = annotate_pipeline.annotate_dataset(ingest, fan, p.model_copy(update={"cache_dir": str(tmp_path / "c2")}))
+    write_json(fan / "stats.json", fanned)
     for name in (schema.ANNOTATIONS_FILE, schema.REJECTS_FILE, "stats.json"):
         assert (fan / name).read_bytes() == (tmp_path / "stage" / name).read_bytes(), name
     assert stats["rejected"] == 1 and stats["annotated"] == 8
-    assert not (tmp_path / "parts").exists()
-    assert len(list((tmp_path / "cache-fan").rglob("*.npy"))) == 8  # one detection per readable image
+    assert len(list((tmp_path / "c2").rglob("*.npy"))) == 8  # one detection per readable image, on the cluster
 
 
 @pytest.mark.slow
@@ -142,7 +147,7 @@ def test_a_fanned_out_stage_is_committed_as_dvc_repro_commits_it(toy_dataset, tm
     project = Path(__file__).resolve().parents[1]
     plain, fanned = (make_annotate_repo(tmp_path / name, toy_dataset / "ingest" / "toy", project) for name in "ab")
     assert pipeline(repo=str(plain), fanout=False)["annotate@synthetic"]["status"] == "ran"
-    assert pipeline(repo=str(fanned), annotate_chunk_size=3, dask_workers=2)["annotate@synthetic"]["status"] == "ran"
+    assert pipeline(repo=str(fanned), dask_workers=2)["annotate@synthetic"]["status"] == "ran"
     annotations = "data/annotations/synthetic/annotations.parquet"
     for path in (annotations, "data/annotations/synthetic/rejects.parquet", "reports/data/synthetic.json", "dvc.lock"):
         assert (fanned / path).read_bytes() == (plain / path).read_bytes(), path
@@ -153,11 +158,11 @@ def test_a_fanned_out_stage_is_committed_as_dvc_repro_commits_it(toy_dataset, tm
     assert (fanned / annotations).read_bytes() == (plain / annotations).read_bytes()
 
 
-def test_fanout_stands_in_only_for_the_command_it_knows():
-    assert fanout_dataset("annotate@freihand", "python stages/annotate.py freihand") == "freihand"
-    assert fanout_dataset("annotate@freihand", "python stages/annotate.py freihand --fast") is None
-    assert fanout_dataset("ingest@freihand", "python stages/annotate.py freihand") is None
-    assert chunk_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)] and chunk_ranges(0, 2) == []
+def test_fanout_reaches_only_the_chunked_stage_commands():
+    assert chunked("annotate", "python stages/annotate.py freihand")
+    assert chunked("ingest", "python stages/ingest.py freihand") and chunked("shard", "python stages/shard.py")
+    assert not chunked("train", "python stages/train.py")
+    assert not chunked("annotate", "python my_annotator.py freihand")
 
 
 def test_stages_do_not_inherit_the_thread_limits_dask_leaves_behind(monkeypatch):

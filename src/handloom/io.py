@@ -74,6 +74,61 @@ def write_table(path: str | Path, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+ROWS_PER_GROUP = 1000  # rows per Parquet row group of a streamed table: what a reader or writer holds at once
+
+
+class ParquetStream:
+    """A Parquet file written as rows arrive, in row groups of exactly `group_rows` rows (the last shorter), so
+    the same rows give the same bytes however they were batched, and at most one group waits in memory. A table
+    of up to `group_rows` rows comes out byte for byte as write_table writes it. Renamed into place on close;
+    an exception leaves no file."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema, group_rows: int = ROWS_PER_GROUP):
+        self.path, self.schema, self.group_rows = Path(path), schema, group_rows
+        self.pending: list[pa.Table] = []
+        self.buffered = self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.buffered += table.num_rows
+        self.rows += table.num_rows
+        while self.buffered >= self.group_rows:
+            self._flush(self.group_rows)
+
+    def write_rows(self, rows: list[dict]) -> None:
+        if rows:
+            self.write(pa.Table.from_pylist(rows, schema=self.schema))
+
+    def _flush(self, n: int) -> None:
+        table = pa.concat_tables(self.pending).combine_chunks()  # arrow's chunking must not reach the bytes
+        self._writer.write_table(table.slice(0, n))
+        rest = table.slice(n)
+        self.pending, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+        elif not self.rows:
+            self._writer.write_table(self.schema.empty_table())  # as write_table writes an empty table
+        self._writer.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ParquetStream":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close() if kind is None else self.abort()
+
+
 def read_table(path: str | Path, schema: pa.Schema | None = None) -> pa.Table:
     return pq.read_table(path, schema=schema)
 

@@ -201,7 +201,7 @@ def source_run(tmp_path_factory):
             params = OneHand10KParams(source=str(archive), sha256=sha, annotations=("test_onehand10k.json",))
             try:
                 writer = ingest("onehand10k", params, tmp / case)
-                outcomes[case] = f"accepted: {len(writer.rows)} samples"
+                outcomes[case] = f"accepted: {writer.n_samples} samples"
             except Exception as e:  # the error, as the stage would print it
                 outcomes[case] = f"{type(e).__name__}: {e}"
     return outcomes, tmp

@@ -6,7 +6,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass
-from itertools import islice
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -19,15 +19,16 @@ from handloom.annotate.cache import AnnotationCache, params_hash, weights_finger
 from handloom.annotate.captions import template_caption
 from handloom.annotate.keypoints import HandDetection, detect_many, suppress_duplicate
 from handloom.annotate.masks import GRABCUT_ITERATIONS, GRABCUT_SIDE, GRABCUT_VERSION, grabcut_png
-from handloom.annotate.pool import pmap, pool_size, worker_pool
-from handloom.datasets.store import iter_images, keypoints_array, read_manifest
-from handloom.io import decode_image, encode_png, remove_torn_writes, sha256, write_table
+from handloom.annotate.pool import pmap
+from handloom.chunks import batched, chunk_size, map_chunks
+from handloom.datasets.store import Record, count_images, keypoints_array, manifest_images
+from handloom.io import ParquetStream, decode_image, encode_png, remove_torn_writes, sha256
 from handloom.params import AnnotateParams
 
 KEYPOINT_BACKEND = "mediapipe-0.10.21"
-# Images per chunk: at least 16 per pool worker, so they rarely wait on each other at a chunk's end, and few
-# enough that decoded pixels stay small and a killed run loses little (the cache is written chunk by chunk).
-MIN_CHUNK, CHUNK_PER_WORKER = 64, 16
+# Images per chunk: a few seconds of MediaPipe each, so a task's overhead is lost in it, decoded pixels stay
+# small, and a killed run or a lost Dask worker loses little (the cache is written chunk by chunk).
+IMAGES_PER_CHUNK = 64
 
 
 @dataclass
@@ -56,24 +57,47 @@ class Sample:
 
 
 def annotate_dataset(ingest_dir: Path, out_dir: Path, p: AnnotateParams) -> dict:
-    """Annotate every manifest row, chunk by chunk in one process pool. Returns the dataset's stats."""
-    manifest = read_manifest(ingest_dir).set_index("key")
-    images = iter_images(ingest_dir)
-    rows, rejects = [], []
-    with worker_pool(p.workers), tqdm(total=len(manifest), desc=f"annotate {Path(ingest_dir).name}", unit="img") as bar:
-        while chunk := list(islice(images, max(MIN_CHUNK, CHUNK_PER_WORKER * pool_size(p.workers)))):
-            chunk_rows, chunk_rejects = annotate_images(chunk, manifest, p)
-            rows += chunk_rows
-            rejects += chunk_rejects
-            bar.update(len(chunk))
-    return write_annotations(out_dir, manifest, bar.n, rows, rejects)
+    """Annotate every manifest row: chunks of images on the chunk engine (`p.workers` local processes, or the Dask
+    cluster named in the environment), rows written as the chunks come back in key order. Returns the stats."""
+    # A worker may run in another folder (a Dask cluster): the cache is where this stage's folder says.
+    p = p.model_copy(update={"cache_dir": str(Path(p.cache_dir).resolve())})
+    n = count_images(ingest_dir)
+    # One detector per worker: the chunk engine is the parallelism, a pool inside a chunk would fight it.
+    annotate = partial(annotate_chunk, p.model_copy(update={"workers": 1}))
+    size = chunk_size(IMAGES_PER_CHUNK)
+    results = map_chunks(annotate, batched(manifest_images(ingest_dir), size), p.workers,
+                         desc=f"annotate {Path(ingest_dir).name}", total=n, n_chunks=-(-n // size))
+    return write_annotations(out_dir, results)
 
 
-def annotate_images(images: list[tuple[str, bytes, bytes | None]], manifest, p: AnnotateParams) -> tuple[list, list]:
-    """(rows, rejects) for (key, jpeg, mask png) triples in key order: one chunk, which a Prefect task may own.
+@dataclass
+class ChunkAnnotations:
+    """What one chunk makes: annotation rows and reject rows in key order, and its share of the stats."""
+
+    rows: list[dict]
+    rejects: list[dict]
+    images: int
+    hands_detected: int
+    agreement: quality.Agreement
+
+
+def annotate_chunk(p: AnnotateParams, images: list[tuple[str, bytes, bytes | None, Record]]) -> ChunkAnnotations:
+    """The unit of work a worker owns: rows, rejects and stats of (key, jpeg, mask png, manifest row) in key order."""
+    rows, rejects = annotate_images(images, p)
+    counts = quality.Agreement()
+    records = {key: record for key, _, _, record in images}
+    pairs = [(quality.comparable(keypoints_array(r["mp_keypoints"]), gt, sides_known(records[r["key"]].metadata)), gt)
+             for r in rows if (gt := keypoints_array(records[r["key"]].gt_keypoints)) is not None]
+    counts.add([mp for mp, _ in pairs], [gt for _, gt in pairs])
+    return ChunkAnnotations(rows, rejects, len(images), int(sum(np.count_nonzero(r["mp_scores"]) for r in rows)),
+                            counts)
+
+
+def annotate_images(images: list[tuple[str, bytes, bytes | None, Record]], p: AnnotateParams) -> tuple[list, list]:
+    """(rows, rejects) for (key, jpeg, mask png, manifest row) in key order.
     Every image ends up in exactly one of the two lists, each in key order."""
     cache, rejects = AnnotationCache(Path(p.cache_dir)), []
-    samples = read_samples(images, manifest, rejects)
+    samples = read_samples(images, rejects)
     for sample, detection in zip(samples, keypoints_of(samples, p, cache)):
         sample.detection = detection
     samples = screen(samples, rejects, lambda s: quality.keypoint_reject(s.detection, s.gt, s.sides_known, p))
@@ -85,19 +109,29 @@ def annotate_images(images: list[tuple[str, bytes, bytes | None]], manifest, p: 
     return rows, sorted(rejects, key=lambda r: r["key"])
 
 
-def write_annotations(out_dir: Path, manifest, n_images: int, rows: list[dict], rejects: list[dict]) -> dict:
-    """The stage's two tables, whoever annotated the chunks; returns the dataset's stats."""
+def write_annotations(out_dir: Path, chunks: Iterable[ChunkAnnotations]) -> dict:
+    """The stage's two tables from chunks in key order, written as they come; returns the dataset's stats."""
     remove_torn_writes(out_dir)
-    write_table(out_dir / schema.REJECTS_FILE, schema.table_from_rows(rejects, schema.REJECTS))
-    write_table(out_dir / schema.ANNOTATIONS_FILE, schema.table_from_rows(rows, schema.ANNOTATIONS))
-    return dataset_stats(n_images, rows, rejects, manifest)
+    stats = dict(images=0, annotated=0, rejected=0, rejects=Counter(), hands_detected=0)
+    counts = quality.Agreement()
+    with ParquetStream(out_dir / schema.REJECTS_FILE, schema.REJECTS) as rejects, \
+            ParquetStream(out_dir / schema.ANNOTATIONS_FILE, schema.ANNOTATIONS) as rows:
+        for chunk in chunks:
+            rows.write_rows(chunk.rows)
+            rejects.write_rows(chunk.rejects)
+            stats["images"] += chunk.images
+            stats["annotated"] += len(chunk.rows)
+            stats["rejected"] += len(chunk.rejects)
+            stats["rejects"].update(r["reason"] for r in chunk.rejects)
+            stats["hands_detected"] += chunk.hands_detected
+            counts.merge(chunk.agreement)
+    return stats | dict(rejects=dict(sorted(stats["rejects"].items()))) | counts.result()
 
 
 # --- One chunk, step by step --------------------------------------------------------------------
-def read_samples(images, manifest, rejects: list) -> list[Sample]:
+def read_samples(images, rejects: list) -> list[Sample]:
     samples = []
-    records = manifest.loc[[key for key, _, _ in images]].itertuples()  # one lookup: .loc per key costs ~1 ms
-    for (key, jpeg, mask_png), record in zip(images, records):
+    for key, jpeg, mask_png, record in images:
         image = decode_image(jpeg)
         if image is None:
             rejects.append(reject_row(key, record, (schema.Reject.UNREADABLE_IMAGE, "image bytes do not decode")))
@@ -262,17 +296,3 @@ def annotation_row(s: Sample, caption: str, caption_backend: str) -> dict:
                 mp_scores=list(d.scores), keypoint_backend=KEYPOINT_BACKEND, mask_png=s.mask_png,
                 mask_area=s.mask_area, mask_backend=s.mask_backend, caption=caption,
                 caption_backend=caption_backend, handedness=handedness, handedness_source=source)
-
-
-# --- Stats ----------------------------------------------------------------------------------------
-def dataset_stats(n_images: int, rows: list[dict], rejects: list[dict], manifest) -> dict:
-    """Counts, rejects by reason, and MediaPipe's detection rate and PCK@0.1/0.2 against the dataset's ground
-    truth over the annotated samples (after the quality filters)."""
-    stats = dict(images=n_images, annotated=len(rows), rejected=len(rejects),
-                 rejects=dict(sorted(Counter(r["reason"] for r in rejects).items())),
-                 hands_detected=int(sum(np.count_nonzero(r["mp_scores"]) for r in rows)))
-    records = manifest.loc[[r["key"] for r in rows]]
-    pairs = [(quality.comparable(keypoints_array(r["mp_keypoints"]), gt, sides_known(record.metadata)), gt)
-             for r, record in zip(rows, records.itertuples())
-             if (gt := keypoints_array(record.gt_keypoints)) is not None]
-    return stats | quality.agreement([mp for mp, _ in pairs], [gt for _, gt in pairs])

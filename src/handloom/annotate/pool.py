@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from handloom.chunks import pool_size
+
 _shared: dict | None = None  # {"size", "pool"} while a worker_pool() block is open; the pool starts on first use
-
-
-def pool_size(workers: int | None) -> int:
-    """0 or None: one worker per core."""
-    return workers or os.cpu_count() or 1
 
 
 def _spawn_pool(size: int):

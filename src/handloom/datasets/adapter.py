@@ -7,22 +7,24 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from handloom import schema
+from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets import crops
 from handloom.datasets.sources import resolve_source
 from handloom.datasets.splits import assign_split
-from handloom.datasets.store import DatasetWriter
+from handloom.datasets.store import DatasetWriter, EncodedSample, encode_sample
 from handloom.params import DatasetParams
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # real photos stay far below; a decompression bomb does not
 IDENTITY = tuple(range(schema.JOINTS_PER_HAND))  # datasets already in MediaPipe order
+RECORDS_PER_CHUNK = 64  # images per unit of work: a fraction of a second each, a few MB of crops in flight
 SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "eval": "test", "evaluation": "test"}
 
@@ -69,16 +71,17 @@ class Spec:
 
 
 def run_adapter(spec: Spec, p: DatasetParams, out_dir: Path) -> DatasetWriter:
-    """Resolve the source, read the native records, and write crops and rejects."""
+    """Resolve the source, plan the native records in key order, crop them chunk by chunk, write as they come."""
     source_dir = resolve_source(p.source, p.sha256, max_bytes=int(p.max_archive_gb * (1 << 30)))
-    root = source_dir / p.subdir if p.subdir else source_dir
+    # Absolute: the chunks' workers (a Dask cluster) may run in another folder.
+    root = (source_dir / p.subdir if p.subdir else source_dir).absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"{spec.name}: {root} is not a folder (check `source` and `subdir`)")
     writer = DatasetWriter(out_dir, spec.name, license=spec.license, source=p.source)
     records = spec.read(p, root, writer)
     if p.max_images:
         records = (r for _, r in zip(range(p.max_images), records))
-    emit(writer, records, p, root)
+    emit(writer, plan(spec.name, records), p, root)
     return writer
 
 
@@ -192,42 +195,80 @@ def read_image(path: Path | None) -> tuple[np.ndarray | None, str, str]:
 
 
 # --- Writing samples --------------------------------------------------------------------------------
-def emit(writer: DatasetWriter, records: Iterable[ImageRecord], p: DatasetParams, root: Path) -> None:
-    """Every hand of every record lands in one sample's metadata["records"] or in one reject row."""
-    seen: set[str] = set()
-    for record in tqdm(records, desc=f"ingest {writer.dataset}", unit="image", disable=None):
-        image, reason, detail = read_image(record.image_path)
-        if image is None:
-            _reject_all(writer, record.hands, reason, detail)
-            continue
-        h, w = image.shape[:2]
-        if record.size and tuple(record.size) != (w, h):
-            _reject_all(writer, record.hands, schema.Reject.IMAGE_SIZE_MISMATCH,
-                        f"annotated {record.size[0]}x{record.size[1]}, file is {w}x{h}")
-            continue
-        if record.normalised:
-            for hand in record.hands:
-                hand.box = tuple(np.multiply(hand.box, (w, h, w, h)).tolist())
-        hands = [hand for hand in record.hands if _usable(writer, hand, w, h)]
-        groups = crops.group_hands([hand_box(hand) for hand in hands], [hand.rows for hand in hands],
-                                   p.interaction_gap, record.together)
-        for k, group in enumerate(groups):
-            sequence = record.sequence if len(groups) == 1 else f"{record.sequence}_h{k}"
-            key = schema.SampleKey(writer.dataset, record.split, sanitise(sequence), record.frame, record.camera)
-            members = [hands[i] for i in group]
-            if str(key) in seen:
-                _reject_all(writer, members, schema.Reject.DUPLICATE_KEY, str(key))
-                continue
-            seen.add(str(key))
-            _add_sample(writer, key, image, members, record, p, root)
+def base_key(dataset: str, record: ImageRecord) -> str:
+    """The key of a record's sample when its hands share one crop; a record cropped into several (`_h<k>`) makes
+    keys that sort after it, so records walked in this order give samples no earlier record can precede."""
+    return str(schema.SampleKey(dataset, record.split, sanitise(record.sequence), record.frame, record.camera))
 
 
-def _reject_all(writer: DatasetWriter, hands: list[Hand], reason: str, detail: str = "") -> None:
+def plan(dataset: str, records: Iterable[ImageRecord]) -> list[ImageRecord]:
+    """The records in base-key order (reading order among equal keys: the first of a duplicate wins). A record
+    is paths and keypoints: a few hundred bytes, where its crop is tens of kilobytes."""
+    return sorted(records, key=lambda r: base_key(dataset, r))
+
+
+def emit(writer: DatasetWriter, records: list[ImageRecord], p: DatasetParams, root: Path) -> None:
+    """Every hand of every record lands in one sample's metadata["records"] or in one reject row. Chunks of records
+    are cropped on the chunk engine; the writer is told after each how far the keys have come."""
+    chunks = list(batched(records, chunk_size(RECORDS_PER_CHUNK)))
+    floors = [base_key(writer.dataset, chunk[0]) for chunk in chunks[1:]] + [None]
+    crop = partial(crop_records, writer.dataset, p, root)
+    results = map_chunks(crop, chunks, desc=f"ingest {writer.dataset}", total=len(records), n_chunks=len(chunks))
+    for (samples, rejects), floor in zip(results, floors):
+        writer.rejects += rejects
+        for sample in samples:
+            writer.add_encoded(sample)
+        writer.advance(floor)
+
+
+@dataclass
+class Crops:
+    """What one chunk of records makes: its samples and its reject rows, in the writer's terms."""
+
+    dataset: str
+    samples: list[EncodedSample] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+    def reject(self, key: str, reason: str, detail: str = "") -> None:
+        self.rejects.append(dict(key=key, dataset=self.dataset, stage="ingest", reason=reason, detail=detail))
+
+
+def crop_records(dataset: str, p: DatasetParams, root: Path, records: list[ImageRecord]) -> tuple[list, list]:
+    """(encoded samples, reject rows) of one chunk of records: the unit of work a worker owns."""
+    out = Crops(dataset)
+    for record in records:
+        crop_record(out, record, p, root)
+    return out.samples, out.rejects
+
+
+def crop_record(out: Crops, record: ImageRecord, p: DatasetParams, root: Path) -> None:
+    image, reason, detail = read_image(record.image_path)
+    if image is None:
+        _reject_all(out, record.hands, reason, detail)
+        return
+    h, w = image.shape[:2]
+    if record.size and tuple(record.size) != (w, h):
+        _reject_all(out, record.hands, schema.Reject.IMAGE_SIZE_MISMATCH,
+                    f"annotated {record.size[0]}x{record.size[1]}, file is {w}x{h}")
+        return
+    if record.normalised:
+        for hand in record.hands:
+            hand.box = tuple(np.multiply(hand.box, (w, h, w, h)).tolist())
+    hands = [hand for hand in record.hands if _usable(out, hand, w, h)]
+    groups = crops.group_hands([hand_box(hand) for hand in hands], [hand.rows for hand in hands],
+                               p.interaction_gap, record.together)
+    for k, group in enumerate(groups):
+        sequence = record.sequence if len(groups) == 1 else f"{record.sequence}_h{k}"
+        key = schema.SampleKey(out.dataset, record.split, sanitise(sequence), record.frame, record.camera)
+        _add_sample(out, key, image, [hands[i] for i in group], record, p, root)
+
+
+def _reject_all(writer: Crops, hands: list[Hand], reason: str, detail: str = "") -> None:
     for hand in hands:
         writer.reject(hand.record_id, reason, detail)
 
 
-def _usable(writer: DatasetWriter, hand: Hand, w: int, h: int) -> bool:
+def _usable(writer: Crops, hand: Hand, w: int, h: int) -> bool:
     if hand.keypoints is None:
         box = hand.box
         ok = box is not None and np.all(np.isfinite(box)) and box[2] > max(box[0], 0) and box[3] > max(box[1], 0) \
@@ -255,7 +296,7 @@ def hand_box(hand: Hand) -> crops.Box:
     return schema.hand_box(place(hand), hand.rows)
 
 
-def _add_sample(writer: DatasetWriter, key: schema.SampleKey, image: np.ndarray, hands: list[Hand],
+def _add_sample(out: Crops, key: schema.SampleKey, image: np.ndarray, hands: list[Hand],
                 record: ImageRecord, p: DatasetParams, root: Path) -> None:
     box = crops.union([hand_box(hand) for hand in hands])
     square = crops.Square.around(box, p.crop_scale)
@@ -269,4 +310,5 @@ def _add_sample(writer: DatasetWriter, key: schema.SampleKey, image: np.ndarray,
         records=[hand.record_id for hand in hands], interacting=len(hands) > 1,
         source_image=relative(record.image_path, root), source_size=[image.shape[1], image.shape[0]],
         crop_square=[square.x0, square.y0, square.side])
-    writer.add(key, square.cut(image, p.crop_size), keypoints, square.box(box, p.crop_size), metadata)
+    out.samples.append(encode_sample(key, square.cut(image, p.crop_size), keypoints, square.box(box, p.crop_size),
+                                     metadata, records=tuple(hand.record_id for hand in hands)))

@@ -1,9 +1,11 @@
 """The ingest stage: turn one dataset's native form into the unified manifest + images + rejects."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from handloom import schema
+from handloom.chunks import map_chunks
 # Public datasets: each module reads its dataset's native layout (docs/datasets/<name>.md).
 from handloom.datasets.coco_wholebody import ingest_coco_wholebody
 from handloom.datasets.freihand import ingest_freihand
@@ -13,7 +15,7 @@ from handloom.datasets.onehand10k import ingest_onehand10k
 from handloom.datasets.panoptic import ingest_panoptic
 from handloom.datasets.rhd import ingest_rhd
 from handloom.datasets.splits import assign_split
-from handloom.datasets.store import DatasetWriter
+from handloom.datasets.store import DatasetWriter, encode_sample
 from handloom.params import SyntheticParams
 
 
@@ -23,21 +25,45 @@ def union_box(keypoints) -> tuple[float, float, float, float]:
 
 
 def ingest_synthetic(p: SyntheticParams, out_dir: Path) -> DatasetWriter:
-    """Render the embedded default; every frame is exact, so rejects only guard the renderer's output."""
-    from handloom.datasets.synthetic import render_dataset
-
+    """Render the embedded default, one sequence per chunk, planned in key order; every frame is exact, so rejects
+    only guard the renderer's output."""
     writer = DatasetWriter(out_dir, "synthetic", license="CC0-1.0 (rendered by handloom)",
                            source=f"handloom.datasets.synthetic seed={p.seed}")
-    for f in render_dataset(p.seed, p.n_sequences, p.n_frames, p.n_cameras, p.image_size, p.two_hand_prob):
+    # Sequence i is named seq<i:05d> by render_sequence (checked as each comes back); all its keys share a prefix.
+    prefixes = sorted((f"synthetic/{assign_split(name, p.val_fraction, p.test_fraction)}/{name}/", i)
+                      for i, name in ((i, f"seq{i:05d}") for i in range(p.n_sequences)))
+    floors = [prefix for prefix, _ in prefixes[1:]] + [None]
+    render = partial(synthetic_sequence, p)
+    results = map_chunks(render, [i for _, i in prefixes], desc="ingest synthetic", size=partial(frames_in, p),
+                         total=p.n_sequences * p.n_frames * p.n_cameras, n_chunks=p.n_sequences)
+    for ((prefix, _), floor, (samples, rejects)) in zip(prefixes, floors, results):
+        assert all(s.key.startswith(prefix) for s in samples), f"render_sequence no longer names {prefix}"
+        writer.rejects += rejects
+        for sample in samples:
+            writer.add_encoded(sample)
+        writer.advance(floor)
+    return writer
+
+
+def frames_in(p: SyntheticParams, index: int) -> int:
+    return p.n_frames * p.n_cameras
+
+
+def synthetic_sequence(p: SyntheticParams, index: int) -> tuple[list, list]:
+    """(encoded samples, reject rows) of one rendered sequence: the unit of work a worker owns."""
+    from handloom.datasets.synthetic import render_sequence
+
+    samples, rejects = [], []
+    for f in render_sequence(p.seed, index, p.n_frames, p.n_cameras, p.image_size, p.two_hand_prob):
         key = schema.SampleKey("synthetic", assign_split(f.sequence, p.val_fraction, p.test_fraction),
                                f.sequence, f.frame, f.camera)
         h, w = f.image.shape[:2]
         if reason := schema.validate_keypoints(f.keypoints, w, h):
-            writer.reject(str(key), reason)
+            rejects.append(dict(key=str(key), dataset="synthetic", stage="ingest", reason=reason, detail=""))
             continue
         metadata = dict(f.metadata, handedness=list(f.handedness))
-        writer.add(key, f.image, f.keypoints, union_box(f.keypoints), metadata, mask=f.mask)
-    return writer
+        samples.append(encode_sample(key, f.image, f.keypoints, union_box(f.keypoints), metadata, mask=f.mask))
+    return samples, rejects
 
 
 INGESTERS = {

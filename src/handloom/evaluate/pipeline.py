@@ -35,7 +35,7 @@ HELD_OUT_SPLITS = ("val", "test", HOLD_OUT)  # each dataset is evaluated on the 
 def choose_pairs(shards_dir: Path, n: int, seed: int) -> pd.DataFrame:
     """At most n held-out pairs, balanced over datasets and then over each dataset's pair kinds, drawn with a fixed
     seed, with the dataset of each pair. Each dataset uses its own val, else test, else its hashed hold-out
-    (shards.pairs.hashed_hold_out), and self pairs only where that split has no pose or view pairs."""
+    (shards.pairs.held_out_sequences), and self pairs only where that split has no pose or view pairs."""
     pairs = read_table(shards_dir / schema.PAIRS_FILE).to_pandas()
     pairs = pairs.assign(dataset=[schema.SampleKey.parse(key).dataset for key in pairs.target])
     held_out = [held_out_pairs(rows) for _, rows in pairs.groupby("dataset", sort=True)]

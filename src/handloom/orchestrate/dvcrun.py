@@ -43,9 +43,9 @@ NANNY_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALL
 ENV_AT_START = {k: os.environ.get(k) for k in NANNY_ENV}
 
 
-def stage_env() -> dict[str, str]:
+def stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The stage commands' `python` is this interpreter's, whatever PATH the worker was started with."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1", **(extra or {}))
     for key, value in ENV_AT_START.items():
         if value is None:
             env.pop(key, None)
@@ -75,9 +75,10 @@ def _pump(stream, log: Log, tail: deque) -> None:
         log(line)
 
 
-def run_dvc(root: str | Path, args: list[str], stage: str, timeout_s: float, log: Log = print) -> list[str]:
+def run_dvc(root: str | Path, args: list[str], stage: str, timeout_s: float, log: Log = print,
+            env: dict[str, str] | None = None) -> list[str]:
     """`dvc <args>` at the repo root, output streamed to `log`; returns the stdout tail, raises StageFailed."""
-    proc = subprocess.Popen([*DVC, *args], cwd=root, env=stage_env(), text=True, errors="replace",
+    proc = subprocess.Popen([*DVC, *args], cwd=root, env=stage_env(env), text=True, errors="replace",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = deque(maxlen=TAIL_LINES), deque(maxlen=TAIL_LINES)
     pumps = [threading.Thread(target=_pump, args=(stream, log, tail), daemon=True)
@@ -97,10 +98,12 @@ def run_dvc(root: str | Path, args: list[str], stage: str, timeout_s: float, log
     return list(out)
 
 
-def repro_stage(root: str | Path, stage: str, timeout_s: float, log: Log = print) -> StageRun:
-    """`dvc repro --single-item <stage>`: upstream stages are the flow's business, not DVC's."""
+def repro_stage(root: str | Path, stage: str, timeout_s: float, log: Log = print,
+                env: dict[str, str] | None = None) -> StageRun:
+    """`dvc repro --single-item <stage>`: upstream stages are the flow's business, not DVC's. `env`: added to the
+    command's environment (the Dask scheduler of the chunked stages)."""
     start = time.perf_counter()
-    out = "\n".join(run_dvc(root, ["repro", "--single-item", stage], stage, timeout_s, log))
+    out = "\n".join(run_dvc(root, ["repro", "--single-item", stage], stage, timeout_s, log, env))
     status = ("skipped" if "didn't change, skipping" in out else
               "restored" if "is cached - skipping run" in out else "ran")
     return StageRun(stage, status, round(time.perf_counter() - start, 3))
@@ -113,18 +116,3 @@ def stage_changes(root: str | Path, stage: str) -> list:
     if out.returncode:
         raise StageFailed(stage, "status failed", out.stderr.strip())
     return json.loads(out.stdout or "{}").get(stage, [])
-
-
-def restore_outputs(root: str | Path, stage: str, changes: list) -> bool:
-    """When only outputs changed, `dvc repro` checks them out of the cache instead of running the stage;
-    the same here. False when something else changed or the cache lacks them."""
-    if not all(isinstance(c, dict) and set(c) == {"changed outs"} for c in changes):
-        return False
-    out = subprocess.run([*DVC, "checkout", "--force", stage], cwd=root, env=stage_env(), capture_output=True,
-                         check=False)
-    return out.returncode == 0
-
-
-def commit_stage(root: str | Path, stage: str, log: Log = print) -> None:
-    """Record outputs written outside `dvc repro` in dvc.lock and the cache, as `dvc repro` would."""
-    run_dvc(root, ["commit", "--force", stage], stage, timeout_s=3600, log=log)

@@ -1,7 +1,6 @@
 """Prefect flow over the DVC stages: one task per stage in DVC's order, independent stages side by side."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from handloom.orchestrate.dvcrun import Log, StageRun, commit_stage, repro_stage, restore_outputs, stage_changes
-from handloom.orchestrate.fanout import annotate_stage, dask_runner, fanout_dataset
+from handloom.orchestrate.dvcrun import repro_stage, stage_changes
+from handloom.orchestrate.fanout import DaskCluster, chunked
 from handloom.orchestrate.graph import StageNode, read_graph
 from handloom.orchestrate.overrides import apply_overrides
 from handloom.orchestrate.report import read_metrics, run_markdown
@@ -23,30 +22,11 @@ ARTIFACT_KEY = "handloom-pipeline"
 
 
 @task(cache_policy=NO_CACHE, task_run_name="{stage}")
-def run_stage(root: str, stage: str, timeout_s: float, fanout: dict | None = None) -> dict:
-    """One stage through DVC; an annotate stage with `fanout` runs its chunks on Dask, then DVC commits it."""
+def run_stage(root: str, stage: str, timeout_s: float, cluster: DaskCluster | None = None) -> dict:
+    """One stage through DVC; a chunked stage with a `cluster` that has work to do runs its chunks there."""
     log = get_run_logger().info
-    if fanout is None:
-        return vars(repro_stage(root, stage, timeout_s, log))
-    return vars(fanout_stage(root, stage, fanout, timeout_s, log))
-
-
-def fanout_stage(root: str, stage: str, fanout: dict, timeout_s: float, log: Log) -> StageRun:
-    """What `dvc repro --single-item` does, with the command replaced by the Dask fan-out that writes the
-    same bytes: skip when `dvc status` is clean, check out of the cache when only outputs changed, else
-    write the outputs and let `dvc commit` record them."""
-    start = time.perf_counter()
-    changes = stage_changes(root, stage)
-    if not changes:
-        status = "skipped"
-    elif restore_outputs(root, stage, changes):
-        status = "restored"
-    else:
-        runner = dask_runner(fanout["dask_address"], fanout["dask_workers"])
-        annotate_stage(root, fanout["dataset"], fanout["chunk_size"], runner, timeout_s)
-        commit_stage(root, stage, log)
-        status = "ran"
-    return StageRun(stage, status, round(time.perf_counter() - start, 3))
+    env = cluster.env() if cluster is not None and stage_changes(root, stage) else None
+    return vars(repro_stage(root, stage, timeout_s, log, env))
 
 
 def _options(node: StageNode, network_stages: tuple[str, ...], retries: int, retry_delay_s: float) -> dict:
@@ -79,15 +59,14 @@ def _failure(outcomes: dict[str, dict]) -> str:
 
 @flow(name="handloom-pipeline", task_runner=ThreadPoolTaskRunner())
 def pipeline(targets: list[str] | None = None, params: dict[str, Any] | None = None, repo: str = ".",
-             fanout: bool = True, annotate_chunk_size: int = 64, dask_address: str | None = None,
-             dask_workers: int = 0, network_stages: tuple[str, ...] = ("ingest",),
+             fanout: bool = True, dask_address: str | None = None, dask_workers: int = 0, network_stages: tuple[str, ...] = ("ingest",),
              retries: int = 3, retry_delay_s: float = 10.0, timeout_s: float = 6 * 3600):
     """`dvc repro <targets>` as Prefect tasks.
 
     targets: DVC stages or foreach groups (all of dvc.yaml when empty), with everything upstream.
     params: params.yaml overrides, e.g. {"shard.max_samples": 500}; written to params.yaml first.
-    fanout: annotate@<dataset> in chunks of `annotate_chunk_size` images on Dask: a local cluster of
-      `dask_workers` processes (0 = one per core) or the scheduler at `dask_address`.
+    fanout: ingest, annotate and shard run their chunks on Dask (HANDLOOM_DASK_SCHEDULER in their environment): a
+      local cluster of `dask_workers` processes (0 = one per core) or the scheduler at `dask_address`.
     network_stages: groups retried `retries` times with exponential backoff from `retry_delay_s`.
     timeout_s: a stage running longer is stopped and fails.
     """
@@ -95,14 +74,19 @@ def pipeline(targets: list[str] | None = None, params: dict[str, Any] | None = N
     if params:
         get_run_logger().info("params.yaml overrides: %s", apply_overrides(root / "params.yaml", params))
     graph = read_graph(root, targets)
-    fanout_options = dict(chunk_size=annotate_chunk_size, dask_address=dask_address, dask_workers=dask_workers)
+    cluster = DaskCluster(dask_address, dask_workers) if fanout else None
     futures: dict[str, PrefectFuture] = {}
-    for node in graph:  # dependencies first, so every upstream future exists already
-        dataset = fanout_dataset(node.name, node.cmd) if fanout else None
-        task_ = run_stage.with_options(**_options(node, network_stages, retries, retry_delay_s))
-        futures[node.name] = task_.submit(str(root), node.name, timeout_s,
-                                          dict(fanout_options, dataset=dataset) if dataset else None,
-                                          wait_for=[futures[u] for u in node.upstream])
+    try:
+        for node in graph:  # dependencies first, so every upstream future exists already
+            task_ = run_stage.with_options(**_options(node, network_stages, retries, retry_delay_s))
+            futures[node.name] = task_.submit(str(root), node.name, timeout_s,
+                                              cluster if cluster and chunked(node.group, node.cmd) else None,
+                                              wait_for=[futures[u] for u in node.upstream])
+        for future in futures.values():
+            future.wait()
+    finally:
+        if cluster is not None:
+            cluster.close()
     outcomes = {name: _outcome(f) for name, f in futures.items()}
     _publish(root, graph, targets, outcomes)
     if any(o["status"] == "failed" for o in outcomes.values()):

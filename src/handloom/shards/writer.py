@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import json
 import tarfile
+from collections import namedtuple
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -13,14 +16,15 @@ import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from tqdm import tqdm
+import pyarrow.parquet as pq
 
 import handloom.io
 from handloom import schema
-from handloom.datasets.store import iter_images, keypoints_array, read_manifest
-from handloom.io import atomic_path, decode_image, encode_jpeg, read_table, write_json, write_table
+from handloom.chunks import batched, chunk_size, map_chunks
+from handloom.datasets.store import keypoints_array, manifest_images, manifest_rows
+from handloom.io import ROWS_PER_GROUP, ParquetStream, atomic_path, decode_image, encode_jpeg, write_json, write_table
 from handloom.params import ShardParams
-from handloom.shards.pairs import make_pairs
+from handloom.shards.pairs import write_pairs
 
 # The code that decides a tar's bytes: editing it must rewrite every dataset's shards.
 FORMAT_SOURCES = (Path(__file__), Path(schema.__file__), Path(handloom.io.__file__))
@@ -55,7 +59,7 @@ class DatasetShards:
     """What one dataset contributes to the shards directory: its tars (name -> size), index rows and rejects."""
 
     shards: dict[str, int]
-    index: pa.Table
+    index: Path                 # its index rows (SHARD_INDEX), in key order
     rejects: list[dict]
 
     def files(self, dataset: str) -> set[str]:
@@ -128,27 +132,78 @@ def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> S
     return Sample(k, members, index)
 
 
-def leaked_keys(manifest: pd.DataFrame) -> set[str]:
-    """Keys of sequences that also lie in a more held-out split: no sequence may be seen in two splits.
+SAMPLES_PER_CHUNK = 64  # samples per unit of work: a fraction of a second of decoding and encoding each
+Annotation = namedtuple("Annotation", schema.ANNOTATIONS.names)
 
-    Ingest splits by sequence, but datasets with splits of their own can reuse a sequence name across them.
+
+def sequence_order(sequence: str) -> str:
+    """How sequences sort inside a split of key-ordered rows: by the key prefix `<sequence>/`."""
+    return sequence + "/"
+
+
+def split_sequences(manifest: Path, split: str) -> Iterator[str]:
+    """The distinct sequences of one split, in key order, read a batch of two columns at a time."""
+    last = None
+    for batch in pq.ParquetFile(manifest).iter_batches(batch_size=65536, columns=["split", "sequence"]):
+        for s, sequence in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if s == split and sequence != last:
+                yield sequence
+                last = sequence
+
+
+class LeakCheck:
+    """Whether a sequence also lies in a more held-out split: no sequence may be seen in two splits (ingest splits
+    by sequence, but datasets with splits of their own can reuse a sequence name across them).
+
+    Asked in key order, it walks the more held-out splits' sequences alongside instead of holding them.
     """
-    rank = manifest.split.map({s: i for i, s in enumerate(HELD_OUT_FIRST)})
-    return set(manifest.key[rank != rank.groupby(manifest.sequence).transform("min")])
+
+    def __init__(self, manifest: Path):
+        self.manifest, self.split, self.held_out, self.next = manifest, None, iter(()), None
+
+    def __call__(self, split: str, sequence: str) -> bool:
+        if split != self.split:
+            self.split = split
+            splits = HELD_OUT_FIRST[:HELD_OUT_FIRST.index(split)]
+            self.held_out = heapq.merge(*(split_sequences(self.manifest, s) for s in splits), key=sequence_order)
+            self.next = next(self.held_out, None)
+        while self.next is not None and sequence_order(self.next) < sequence_order(sequence):
+            self.next = next(self.held_out, None)
+        return self.next == sequence
+
+
+def shard_inputs(ingest_dir: Path, annotate_dir: Path) -> Iterator[tuple]:
+    """(key, manifest row, annotation row, jpeg or None for a split leak) of every annotated image, in key order:
+    the images, the manifest and the annotations (a subset of its keys) walked side by side."""
+    leak = LeakCheck(ingest_dir / schema.MANIFEST_FILE)
+    annotations = manifest_rows(annotate_dir / schema.ANNOTATIONS_FILE, Annotation._fields, Annotation)
+    annotation, last = next(annotations, None), ""
+    for key, jpeg, _, record in manifest_images(ingest_dir):
+        while annotation is not None and annotation.key < key:
+            annotation, last = next(annotations, None), annotation.key
+            if annotation is not None and annotation.key <= last:
+                raise ValueError(f"{annotate_dir / schema.ANNOTATIONS_FILE}: not in key order ({annotation.key} "
+                                 f"after {last}); the annotate stage writes it sorted")
+        if annotation is None or annotation.key != key:
+            continue  # the annotate stage already rejected it with a reason
+        yield key, record, annotation, None if leak(record.split, record.sequence) else jpeg
+
+
+def build_chunk(p: ShardParams, inputs: list[tuple]) -> list[tuple[str, Sample | str]]:
+    """(key, sample or reject reason) for a chunk of shard_inputs: the unit of work a worker owns."""
+    return [(key, schema.Reject.SPLIT_LEAK if jpeg is None else build_sample(key, record, annotation, jpeg, p))
+            for key, record, annotation, jpeg in inputs]
 
 
 def iter_sequences(ingest_dir: Path, annotate_dir: Path, p: ShardParams, rejects: list) -> Iterator[list[Sample]]:
-    """Samples of one dataset, streamed in key order and grouped by (split, sequence)."""
-    manifest = read_manifest(ingest_dir)
-    leaked = leaked_keys(manifest)
-    manifest = manifest.set_index("key")
-    annotations = read_table(annotate_dir / schema.ANNOTATIONS_FILE).to_pandas().set_index("key")
+    """Samples of one dataset, built in chunks on the chunk engine, streamed in key order, grouped by
+    (split, sequence)."""
+    n = pq.ParquetFile(annotate_dir / schema.ANNOTATIONS_FILE).metadata.num_rows
+    size = chunk_size(SAMPLES_PER_CHUNK)
+    built = map_chunks(partial(build_chunk, p), batched(shard_inputs(ingest_dir, annotate_dir), size),
+                       desc=f"shard {ingest_dir.name}", total=n, n_chunks=-(-n // size))
     group, group_id = [], None
-    for key, jpeg, _ in tqdm(iter_images(ingest_dir), total=len(manifest), desc=f"shard {ingest_dir.name}"):
-        if key not in annotations.index:
-            continue  # the annotate stage already rejected it with a reason
-        sample = schema.Reject.SPLIT_LEAK if key in leaked else build_sample(key, manifest.loc[key],
-                                                                             annotations.loc[key], jpeg, p)
+    for key, sample in (item for chunk in built for item in chunk):
         if isinstance(sample, str):
             rejects.append(dict(key=key, dataset=ingest_dir.name, stage="shard", reason=sample, detail=""))
             continue
@@ -168,9 +223,9 @@ def shard_stats(name: str, plan: ShardPlan) -> dict:
 
 
 def write_dataset_shards(dataset: str, ingest_dir: Path, annotate_dir: Path, out_dir: Path, p: ShardParams,
-                         rejects: list) -> list[dict]:
-    """All shards of one dataset, named schema.SHARD_PATTERN; returns their index rows."""
-    rows, counters = [], {}
+                         rejects: list, index: ParquetStream) -> None:
+    """All shards of one dataset, named schema.SHARD_PATTERN; their index rows go to `index` as each is written."""
+    counters = {}
     plan, plan_split = ShardPlan(p), None
 
     def flush():
@@ -180,7 +235,7 @@ def write_dataset_shards(dataset: str, ingest_dir: Path, annotate_dir: Path, out
         name = schema.SHARD_PATTERN.format(dataset=dataset, split=plan_split, index=counters.get(plan_split, 0))
         counters[plan_split] = counters.get(plan_split, 0) + 1
         offsets = write_tar(out_dir / name, plan.samples)
-        rows.extend(dict(s.index, shard=name, offset=o) for s, o in zip(plan.samples, offsets))
+        index.write_rows([dict(s.index, shard=name, offset=o) for s, o in zip(plan.samples, offsets)])
         write_json(out_dir / schema.STATS_DIR / f"{name}.json", shard_stats(name, plan))
         plan = ShardPlan(p)
 
@@ -191,7 +246,6 @@ def write_dataset_shards(dataset: str, ingest_dir: Path, annotate_dir: Path, out
             plan_split = split
         plan.add_sequence(sequence)
     flush()
-    return rows
 
 
 # --- Incremental runs: a dataset whose inputs are unchanged keeps its shards -----------------------
@@ -217,10 +271,10 @@ def reuse_dataset(out_dir: Path, dataset: str, digest: str) -> DatasetShards | N
     index_path, record_path = dataset_paths(out_dir, dataset)
     try:
         record = json.loads(record_path.read_text())
-        if record["fingerprint"] != digest or any((out_dir / n).stat().st_size != size
-                                                  for n, size in record["shards"].items()):
+        if record["fingerprint"] != digest or not index_path.is_file() or any(
+                (out_dir / n).stat().st_size != size for n, size in record["shards"].items()):
             return None
-        return DatasetShards(record["shards"], read_table(index_path), record["rejects"])
+        return DatasetShards(record["shards"], index_path, record["rejects"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -231,12 +285,16 @@ def shard_dataset(dataset: str, ingest_dir: Path, annotate_dir: Path, out_dir: P
     index_path, record_path = dataset_paths(out_dir, dataset)
     record_path.unlink(missing_ok=True)  # a run killed from here on must not be taken for a finished one
     rejects: list[dict] = []
-    index = schema.table_from_rows(write_dataset_shards(dataset, ingest_dir, annotate_dir, out_dir, p, rejects),
-                                   schema.SHARD_INDEX)
-    shards = {name: (out_dir / name).stat().st_size for name in sorted(set(index.column("shard").to_pylist()))}
-    write_table(index_path, index)
+    with ParquetStream(index_path, schema.SHARD_INDEX) as index:
+        write_dataset_shards(dataset, ingest_dir, annotate_dir, out_dir, p, rejects, index)
+    shards = {name: (out_dir / name).stat().st_size for name in sorted(set(shard_names(index_path)))}
     write_json(record_path, dict(fingerprint=digest, shards=shards, rejects=rejects))
-    return DatasetShards(shards, index, rejects)
+    return DatasetShards(shards, index_path, rejects)
+
+
+def shard_names(index_path: Path) -> Iterator[str]:
+    for batch in pq.ParquetFile(index_path).iter_batches(batch_size=65536, columns=["shard"]):
+        yield from batch.column(0).to_pylist()
 
 
 def remove_stale(out_dir: Path, keep: set[str]) -> None:
@@ -265,14 +323,14 @@ def write_shards(datasets: dict[str, tuple[Path, Path]], out_dir: Path, p: Shard
         if done[name] is None:
             done[name] = shard_dataset(name, ingest_dir, annotate_dir, out_dir, p, digest)
             written.append(name)
-    index = pa.concat_tables([d.index for d in done.values()] or [schema.SHARD_INDEX.empty_table()])
-    index = index.combine_chunks()  # the same bytes whether parts were just written or read back
+    with ParquetStream(out_dir / schema.INDEX_FILE, schema.SHARD_INDEX) as index:
+        for d in done.values():
+            for batch in pq.ParquetFile(d.index).iter_batches(batch_size=ROWS_PER_GROUP):
+                index.write(pa.Table.from_batches([batch]).cast(schema.SHARD_INDEX))
+    n_pairs = write_pairs(out_dir / schema.INDEX_FILE, out_dir / schema.PAIRS_FILE, p.max_partners)
     rejects = [r for d in done.values() for r in d.rejects]
-    pairs = make_pairs(index.to_pandas(), p.max_partners)
-    write_table(out_dir / schema.INDEX_FILE, index)
-    write_table(out_dir / schema.PAIRS_FILE, pairs)
     write_table(out_dir / schema.REJECTS_FILE, schema.table_from_rows(rejects, schema.REJECTS))
     keep = {schema.INDEX_FILE, schema.PAIRS_FILE, schema.REJECTS_FILE}.union(*(d.files(n) for n, d in done.items()))
     remove_stale(out_dir, keep)
-    return dict(samples=index.num_rows, shards=sum(len(d.shards) for d in done.values()), rejected=len(rejects),
-                pairs=pairs.num_rows, written=written, kept=sorted(set(done) - set(written)))
+    return dict(samples=index.rows, shards=sum(len(d.shards) for d in done.values()), rejected=len(rejects),
+                pairs=n_pairs, written=written, kept=sorted(set(done) - set(written)))
