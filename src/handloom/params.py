@@ -1,6 +1,7 @@
 """Typed params.yaml: one pydantic model per stage; a bad key stops a stage before any work."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Literal
@@ -271,6 +272,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if data is not None and not isinstance(data, dict):
         raise ParamsError("invalid params.yaml: the top level must be a mapping of stage sections")
     return parse_params(data)
+
+
+def stage_args(doc: str, *positionals: tuple[str, str]) -> argparse.Namespace:
+    """A stage script's command line: `--help` prints its docstring and arguments and exits before any work."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Run from the project root; reads params.yaml (see dvc.yaml for its "
+                                            "deps and outs). Normally run by `dvc repro`.")
+    for name, help_text in positionals:
+        parser.add_argument(name, help=help_text)
+    return parser.parse_args()
 
 
 def stage_params(path: str | Path = "params.yaml") -> Params:
