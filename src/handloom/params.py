@@ -24,7 +24,7 @@ class SyntheticParams(Section):
     n_cameras: int = Field(3, ge=1)
     image_size: int = Field(256, ge=32)
     two_hand_prob: float = Field(0.2, ge=0, le=1)
-    val_fraction: float = Field(0.1, ge=0, lt=1)   # of sequences, assigned by hash of the sequence id
+    val_fraction: float = Field(0.1, ge=0, lt=1)   # of sequences, by hash rank: datasets/splits.py
     test_fraction: float = Field(0.1, ge=0, lt=1)
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from handloom import schema
 from handloom.datasets import crops
 from handloom.datasets.sources import resolve_source
-from handloom.datasets.splits import assign_split
+from handloom.datasets.splits import hashed
 from handloom.datasets.store import DatasetWriter
 from handloom.params import DatasetParams
 
@@ -74,7 +74,8 @@ def run_adapter(spec: Spec, p: DatasetParams, out_dir: Path) -> DatasetWriter:
     root = source_dir / p.subdir if p.subdir else source_dir
     if not root.is_dir():
         raise FileNotFoundError(f"{spec.name}: {root} is not a folder (check `source` and `subdir`)")
-    writer = DatasetWriter(out_dir, spec.name, license=spec.license, source=p.source)
+    writer = DatasetWriter(out_dir, spec.name, license=spec.license, source=p.source,
+                           val_fraction=p.val_fraction, test_fraction=p.test_fraction)
     records = spec.read(p, root, writer)
     if p.max_images:
         records = (r for _, r in zip(range(p.max_images), records))
@@ -119,14 +120,15 @@ def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside:
 
 
 def split_of(path: Path, p: DatasetParams, sequence: str, own_split: bool = True) -> str:
-    """The dataset's own split when the file's name (or folder) says it; otherwise a stable hash of the sequence."""
+    """The dataset's own split when the file's name (or folder) says it; otherwise a placeholder that DatasetWriter
+    turns into a split by the group's hash rank once it has seen every group (splits.hashed)."""
     if own_split:
         for part in reversed(path.parts):
             for word in re.split(r"[^a-z]+", Path(part).stem.lower()):
                 if word in SPLIT_WORDS:
                     return SPLIT_WORDS[word]
 
-    return assign_split(sequence, p.val_fraction, p.test_fraction)
+    return hashed(sequence)
 
 
 def sanitise(name: str) -> str:

@@ -12,7 +12,7 @@ from handloom.datasets.interhand import ingest_interhand
 from handloom.datasets.onehand10k import ingest_onehand10k
 from handloom.datasets.panoptic import ingest_panoptic
 from handloom.datasets.rhd import ingest_rhd
-from handloom.datasets.splits import assign_split
+from handloom.datasets.splits import hashed
 from handloom.datasets.store import DatasetWriter
 from handloom.params import SyntheticParams
 
@@ -27,10 +27,10 @@ def ingest_synthetic(p: SyntheticParams, out_dir: Path) -> DatasetWriter:
     from handloom.datasets.synthetic import render_dataset
 
     writer = DatasetWriter(out_dir, "synthetic", license="CC0-1.0 (rendered by handloom)",
-                           source=f"handloom.datasets.synthetic seed={p.seed}")
+                           source=f"handloom.datasets.synthetic seed={p.seed}",
+                           val_fraction=p.val_fraction, test_fraction=p.test_fraction)
     for f in render_dataset(p.seed, p.n_sequences, p.n_frames, p.n_cameras, p.image_size, p.two_hand_prob):
-        key = schema.SampleKey("synthetic", assign_split(f.sequence, p.val_fraction, p.test_fraction),
-                               f.sequence, f.frame, f.camera)
+        key = schema.SampleKey("synthetic", hashed(f.sequence), f.sequence, f.frame, f.camera)
         h, w = f.image.shape[:2]
         if reason := schema.validate_keypoints(f.keypoints, w, h):
             writer.reject(str(key), reason)

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from handloom import schema
+from handloom.datasets.splits import HASHED, assign_splits
 from handloom.io import encode_jpeg, encode_png, read_table, remove_torn_writes, sha256, write_table
-
 from handloom.schema import IMAGES_DIR, MANIFEST_FILE, REJECTS_FILE
 
 IMAGES_PER_PART = 1000
@@ -27,6 +27,8 @@ class DatasetWriter:
     license: str
     source: str
     jpeg_quality: int = 95
+    val_fraction: float = 0.0   # for samples added with a splits.hashed() placeholder split
+    test_fraction: float = 0.0
     rows: list[dict] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
@@ -46,9 +48,31 @@ class DatasetWriter:
     def reject(self, key: str, reason: str, detail: str = "") -> None:
         self.rejects.append(dict(key=key, dataset=self.dataset, stage="ingest", reason=reason, detail=detail))
 
+    def resolve_hashed_splits(self) -> None:
+        """Give samples with a placeholder split (splits.hashed) theirs, by hash rank among this dataset's groups."""
+        split = assign_splits({r["split"] for r in self.rows if r["split"].startswith(HASHED)}, self.val_fraction,
+                              self.test_fraction)
+        if not split:
+            return
+
+        def resolved(key: str) -> str:
+            parts = key.split("/", 3)
+            if len(parts) < 4 or parts[1] not in split:
+                return key
+            return "/".join((parts[0], split[parts[1]], *parts[2:]))
+
+        for row in self.rows:
+            row["key"] = resolved(row["key"])
+            row["split"] = row["key"].split("/")[1]
+        for image in self.images:
+            image["key"] = resolved(image["key"])
+        for reject in self.rejects:  # a duplicate key is named in its reject row
+            reject["key"], reject["detail"] = resolved(reject["key"]), resolved(reject["detail"])
+
     def write(self) -> None:
         """Replace the directory's contents; rows are sorted so reruns give identical bytes."""
         remove_torn_writes(self.out_dir)
+        self.resolve_hashed_splits()
         self.rows.sort(key=lambda r: r["key"])
         self.images.sort(key=lambda r: r["key"])
         self.rejects.sort(key=lambda r: (r["key"], r["reason"]))
