@@ -1,4 +1,5 @@
 """DVC stage ingest@<dataset>: native dataset -> data/ingest/<dataset> (manifest, images, rejects)."""
+import sys
 from pathlib import Path
 
 from handloom.cpu import pin_cpu_dispatch
