@@ -56,9 +56,18 @@ PREFECT_POOL ?= handloom
 PG_PORT ?= 5433
 PG_DATA ?= /var/tmp/handloom-postgres
 PREFECT_TARGETS := prefect-server prefect-server-postgres prefect-worker prefect-deploy
-.PHONY: $(PREFECT_TARGETS) postgres postgres-stop
+.PHONY: $(PREFECT_TARGETS) prefect-profile postgres postgres-stop
 $(PREFECT_TARGETS): export PREFECT_API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 $(PREFECT_TARGETS): export PREFECT_SERVER_DATABASE_TIMEOUT := 30
+
+# A Prefect profile `handloom`, made the active one: every later shell's `prefect ...` (deployment run, flow-run ls)
+# talks to this server instead of starting a temporary one. `prefect profile use ephemeral` undoes it.
+prefect-profile: setup
+	prefect profile inspect handloom >/dev/null 2>&1 || prefect profile create handloom >/dev/null
+	prefect --profile handloom config set PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	  PREFECT_SERVER_ANALYTICS_ENABLED=false >/dev/null
+	prefect profile use handloom >/dev/null 2>&1 || true  # exits 1 when the server is not up yet, after switching
+	@echo "active Prefect profile: handloom (PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api)"
 
 prefect-server: setup
 	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
@@ -73,7 +82,7 @@ prefect-server-postgres: setup postgres
 	PREFECT_API_DATABASE_CONNECTION_URL=$$(PG_PORT=$(PG_PORT) flows/postgres.sh url) \
 	  prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-prefect-deploy: setup
+prefect-deploy: setup prefect-profile
 	prefect work-pool inspect $(PREFECT_POOL) >/dev/null 2>&1 || prefect work-pool create $(PREFECT_POOL) --type process
 	prefect --no-prompt deploy --all --pool $(PREFECT_POOL)
 

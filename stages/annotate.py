@@ -1,13 +1,15 @@
 """DVC stage annotate@<dataset>: MediaPipe keypoints, masks and captions -> data/annotations/<dataset>."""
-import sys
 from pathlib import Path
 
-from handloom.annotate.pipeline import annotate_dataset
-from handloom.io import remove_torn_writes, write_json
-from handloom.params import stage_params
+from handloom.cpu import pin_cpu_dispatch
+from handloom.params import stage_args, stage_params
 
 
 def main(dataset: str) -> None:
+    pin_cpu_dispatch()  # before numpy / OpenCV load (MediaPipe's own TFLite kernels are not pinned: see README)
+    from handloom.annotate.pipeline import annotate_dataset
+    from handloom.io import remove_torn_writes, write_json
+
     params = stage_params()
     stats = annotate_dataset(Path("data/ingest") / dataset, Path("data/annotations") / dataset, params.annotate)
     metrics = Path("reports/data") / f"{dataset}.json"
@@ -17,4 +19,4 @@ def main(dataset: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(stage_args(__doc__, ("dataset", "a key under `ingest:` in params.yaml, e.g. synthetic")).dataset)

@@ -6,7 +6,7 @@ importing torch, so the default pipeline pays nothing for it.
 from pathlib import Path
 
 from handloom.io import remove_torn_writes, write_json
-from handloom.params import stage_params
+from handloom.params import stage_args, stage_params
 
 OUT = Path("data/latents")
 
@@ -23,4 +23,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_args(__doc__)
     main()

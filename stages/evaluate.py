@@ -4,7 +4,7 @@ from pathlib import Path
 
 from handloom.evaluate.pipeline import NoHeldOutPairs, evaluate
 from handloom.io import remove_torn_writes, write_json
-from handloom.params import stage_params
+from handloom.params import stage_args, stage_params
 
 
 def main() -> None:
@@ -21,4 +21,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_args(__doc__)
     main()

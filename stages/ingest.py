@@ -2,11 +2,14 @@
 import sys
 from pathlib import Path
 
-from handloom.datasets.ingest import ingest
-from handloom.params import stage_params
+from handloom.cpu import pin_cpu_dispatch
+from handloom.params import stage_args, stage_params
 
 
 def main(dataset: str) -> None:
+    pin_cpu_dispatch()  # before numpy loads: the same bytes on every machine
+    from handloom.datasets.ingest import ingest
+
     params = stage_params()
     out = Path("data/ingest") / dataset
     try:
@@ -18,4 +21,4 @@ def main(dataset: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(stage_args(__doc__, ("dataset", "a key under `ingest:` in params.yaml, e.g. synthetic")).dataset)

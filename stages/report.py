@@ -1,7 +1,7 @@
 """DVC stage report: metrics, samples and generate examples -> reports/report.md and reports/figures/*.png."""
 from pathlib import Path
 
-from handloom.params import stage_params
+from handloom.params import stage_args, stage_params
 from handloom.report.build import build_report
 
 
@@ -12,4 +12,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_args(__doc__)
     main()

@@ -1,11 +1,14 @@
 """DVC stage shard: every annotated dataset -> data/shards (WebDataset tars, index, pairs, stats)."""
 from pathlib import Path
 
-from handloom.params import stage_params
-from handloom.shards.writer import write_shards
+from handloom.cpu import pin_cpu_dispatch
+from handloom.params import stage_args, stage_params
 
 
 def main() -> None:
+    pin_cpu_dispatch()  # before numpy / OpenCV load: the same crops and JPEGs on every machine
+    from handloom.shards.writer import write_shards
+
     params = stage_params()
     datasets = {name: (Path("data/ingest") / name, Path("data/annotations") / name)
                 for name, p in params.ingest if p is not None}
@@ -13,4 +16,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_args(__doc__)
     main()

@@ -1,7 +1,7 @@
 """DVC stage train: data/shards (+ data/latents) -> data/models/last.ckpt, persisted and resumed; DVCLive logs."""
 from pathlib import Path
 
-from handloom.params import stage_params
+from handloom.params import stage_args, stage_params
 from handloom.train.fit import fit
 
 
@@ -11,4 +11,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    stage_args(__doc__)
     main()

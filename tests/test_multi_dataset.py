@@ -65,13 +65,14 @@ def test_every_adapter_beside_the_default_gives_a_report_per_dataset(tmp_path):
     print(report)
     metrics = json.loads((reports / "metrics.json").read_text())
     used = metrics["pairs_used"]
-    # The default (train and test only) keeps its own held-out pose and view pairs beside the real self pairs.
-    assert used["synthetic"]["split"] == "test" and used["synthetic"]["pose"] > 0 and used["synthetic"]["view"] > 0
+    # The default (2 val sequences of 24, by hash rank) keeps its own held-out pose and view pairs beside the real
+    # self pairs.
+    assert used["synthetic"]["split"] == "val" and used["synthetic"]["pose"] > 0 and used["synthetic"]["view"] > 0
     assert used["synthetic"]["self"] == 0
     real = [name for name in used if name != "synthetic"]
     assert len(real) >= 5, used  # the sample folders hold test splits only: each gives self pairs from test
-    for name in real:  # the samples' own test split, or (FreiHAND: splits by hash, all train here) a hold-out
-        assert used[name]["split"] in ("test", "holdout") and used[name]["self"] > 0, (name, used[name])
+    for name in real:  # the samples' own test split, or (FreiHAND: splits by hash rank, 1 of 2 groups) val
+        assert used[name]["split"] in ("test", "val") and used[name]["self"] > 0, (name, used[name])
     assert metrics["n_pairs"] == sum(u[k] for u in used.values() for k in ("pose", "view", "self")) <= 96
     assert set(metrics["per_dataset"]) == set(used) and set(metrics["per_kind"]) == {"pose", "view", "self"}
 

@@ -1,6 +1,7 @@
 """Typed params.yaml: one pydantic model per stage; a bad key stops a stage before any work."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Literal
@@ -23,7 +24,7 @@ class SyntheticParams(Section):
     n_cameras: int = Field(3, ge=1)
     image_size: int = Field(256, ge=32)
     two_hand_prob: float = Field(0.2, ge=0, le=1)
-    val_fraction: float = Field(0.1, ge=0, lt=1)   # of sequences, assigned by hash of the sequence id
+    val_fraction: float = Field(0.1, ge=0, lt=1)   # of sequences, by hash rank: datasets/splits.py
     test_fraction: float = Field(0.1, ge=0, lt=1)
 
 
@@ -271,6 +272,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if data is not None and not isinstance(data, dict):
         raise ParamsError("invalid params.yaml: the top level must be a mapping of stage sections")
     return parse_params(data)
+
+
+def stage_args(doc: str, *positionals: tuple[str, str]) -> argparse.Namespace:
+    """A stage script's command line: `--help` prints its docstring and arguments and exits before any work."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Run from the project root; reads params.yaml (see dvc.yaml for its "
+                                            "deps and outs). Normally run by `dvc repro`.")
+    for name, help_text in positionals:
+        parser.add_argument(name, help=help_text)
+    return parser.parse_args()
 
 
 def stage_params(path: str | Path = "params.yaml") -> Params:

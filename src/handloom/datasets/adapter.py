@@ -6,7 +6,7 @@ import json
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -18,7 +18,7 @@ from handloom import schema
 from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets import crops
 from handloom.datasets.sources import resolve_source
-from handloom.datasets.splits import assign_split
+from handloom.datasets.splits import HASHED, assign_splits, hashed
 from handloom.datasets.store import DatasetWriter, EncodedSample, encode_sample
 from handloom.params import DatasetParams
 
@@ -81,7 +81,7 @@ def run_adapter(spec: Spec, p: DatasetParams, out_dir: Path) -> DatasetWriter:
     records = spec.read(p, root, writer)
     if p.max_images:
         records = (r for _, r in zip(range(p.max_images), records))
-    emit(writer, plan(spec.name, records), p, root)
+    emit(writer, plan(spec.name, records, p.val_fraction, p.test_fraction), p, root)
     return writer
 
 
@@ -122,14 +122,15 @@ def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside:
 
 
 def split_of(path: Path, p: DatasetParams, sequence: str, own_split: bool = True) -> str:
-    """The dataset's own split when the file's name (or folder) says it; otherwise a stable hash of the sequence."""
+    """The dataset's own split when the file's name (or folder) says it; otherwise a placeholder that `plan` turns
+    into a split by the group's hash rank once it has seen every group (splits.hashed)."""
     if own_split:
         for part in reversed(path.parts):
             for word in re.split(r"[^a-z]+", Path(part).stem.lower()):
                 if word in SPLIT_WORDS:
                     return SPLIT_WORDS[word]
 
-    return assign_split(sequence, p.val_fraction, p.test_fraction)
+    return hashed(sequence)
 
 
 def sanitise(name: str) -> str:
@@ -201,9 +202,15 @@ def base_key(dataset: str, record: ImageRecord) -> str:
     return str(schema.SampleKey(dataset, record.split, sanitise(record.sequence), record.frame, record.camera))
 
 
-def plan(dataset: str, records: Iterable[ImageRecord]) -> list[ImageRecord]:
-    """The records in base-key order (reading order among equal keys: the first of a duplicate wins). A record
-    is paths and keypoints: a few hundred bytes, where its crop is tens of kilobytes."""
+def plan(dataset: str, records: Iterable[ImageRecord], val_fraction: float = 0.0,
+         test_fraction: float = 0.0) -> list[ImageRecord]:
+    """The records with their splits resolved, in base-key order (reading order among equal keys: the first of a
+    duplicate wins). A record is paths and keypoints: a few hundred bytes, where its crop is tens of kilobytes.
+    A placeholder split (splits.hashed) becomes a split by its group's hash rank among all the dataset's groups:
+    exact counts need every group, and the plan is where every group is known before any key is written."""
+    records = list(records)
+    split = assign_splits({r.split for r in records if r.split.startswith(HASHED)}, val_fraction, test_fraction)
+    records = [replace(r, split=split[r.split]) if r.split in split else r for r in records]
     return sorted(records, key=lambda r: base_key(dataset, r))
 
 

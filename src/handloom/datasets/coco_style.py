@@ -6,8 +6,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from handloom import schema
-from handloom.datasets.adapter import (IDENTITY, Hand, ImageRecord, annotation_files, find_image, load_json,
-                                       parse_hand, relative, sanitise, split_of)
+from handloom.datasets.adapter import (
+    IDENTITY,
+    Hand,
+    ImageRecord,
+    annotation_files,
+    find_image,
+    load_json,
+    parse_hand,
+    relative,
+    sanitise,
+    split_of,
+)
 from handloom.datasets.store import DatasetWriter
 from handloom.params import DatasetParams
 

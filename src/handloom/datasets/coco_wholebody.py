@@ -6,8 +6,18 @@ from pathlib import Path
 from typing import Iterator
 
 from handloom import schema
-from handloom.datasets.adapter import (ImageRecord, Spec, annotation_files, find_image, load_json, parse_hand,
-                                       relative, run_adapter, sanitise, split_of)
+from handloom.datasets.adapter import (
+    ImageRecord,
+    Spec,
+    annotation_files,
+    find_image,
+    load_json,
+    parse_hand,
+    relative,
+    run_adapter,
+    sanitise,
+    split_of,
+)
 from handloom.datasets.store import DatasetWriter
 from handloom.params import COCOWholeBodyParams
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-
 from handloom import schema
-from handloom.datasets.adapter import (Hand, ImageRecord, Spec, annotation_files, find_image, load_json, relative,
-                                       run_adapter, sanitise, split_of)
+from handloom.datasets.adapter import (
+    Hand,
+    ImageRecord,
+    Spec,
+    annotation_files,
+    find_image,
+    load_json,
+    relative,
+    run_adapter,
+    sanitise,
+    split_of,
+)
 from handloom.datasets.store import DatasetWriter
 from handloom.params import HaGRIDParams
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from handloom import schema
 from handloom.chunks import map_chunks
+
 # Public datasets: each module reads its dataset's native layout (docs/datasets/<name>.md).
 from handloom.datasets.coco_wholebody import ingest_coco_wholebody
 from handloom.datasets.freihand import ingest_freihand
@@ -14,7 +15,7 @@ from handloom.datasets.interhand import ingest_interhand
 from handloom.datasets.onehand10k import ingest_onehand10k
 from handloom.datasets.panoptic import ingest_panoptic
 from handloom.datasets.rhd import ingest_rhd
-from handloom.datasets.splits import assign_split
+from handloom.datasets.splits import assign_splits, hashed
 from handloom.datasets.store import DatasetWriter, encode_sample
 from handloom.params import SyntheticParams
 
@@ -30,8 +31,8 @@ def ingest_synthetic(p: SyntheticParams, out_dir: Path) -> DatasetWriter:
     writer = DatasetWriter(out_dir, "synthetic", license="CC0-1.0 (rendered by handloom)",
                            source=f"handloom.datasets.synthetic seed={p.seed}")
     # Sequence i is named seq<i:05d> by render_sequence (checked as each comes back); all its keys share a prefix.
-    prefixes = sorted((f"synthetic/{assign_split(name, p.val_fraction, p.test_fraction)}/{name}/", i)
-                      for i, name in ((i, f"seq{i:05d}") for i in range(p.n_sequences)))
+    split = synthetic_splits(p)
+    prefixes = sorted((f"synthetic/{split[i]}/seq{i:05d}/", i) for i in range(p.n_sequences))
     floors = [prefix for prefix, _ in prefixes[1:]] + [None]
     render = partial(synthetic_sequence, p)
     results = map_chunks(render, [i for _, i in prefixes], desc="ingest synthetic", size=partial(frames_in, p),
@@ -45,6 +46,13 @@ def ingest_synthetic(p: SyntheticParams, out_dir: Path) -> DatasetWriter:
     return writer
 
 
+def synthetic_splits(p: SyntheticParams) -> list[str]:
+    """Each sequence's split, by hash rank among all of them (the adapters' rule for datasets without splits)."""
+    names = [hashed(f"seq{i:05d}") for i in range(p.n_sequences)]
+    split = assign_splits(names, p.val_fraction, p.test_fraction)
+    return [split[name] for name in names]
+
+
 def frames_in(p: SyntheticParams, index: int) -> int:
     return p.n_frames * p.n_cameras
 
@@ -55,8 +63,7 @@ def synthetic_sequence(p: SyntheticParams, index: int) -> tuple[list, list]:
 
     samples, rejects = [], []
     for f in render_sequence(p.seed, index, p.n_frames, p.n_cameras, p.image_size, p.two_hand_prob):
-        key = schema.SampleKey("synthetic", assign_split(f.sequence, p.val_fraction, p.test_fraction),
-                               f.sequence, f.frame, f.camera)
+        key = schema.SampleKey("synthetic", synthetic_splits(p)[index], f.sequence, f.frame, f.camera)
         h, w = f.image.shape[:2]
         if reason := schema.validate_keypoints(f.keypoints, w, h):
             rejects.append(dict(key=str(key), dataset="synthetic", stage="ingest", reason=reason, detail=""))

@@ -7,8 +7,20 @@ from typing import Iterator
 import numpy as np
 
 from handloom import schema
-from handloom.datasets.adapter import (Hand, ImageRecord, Spec, annotation_files, find_image, keypoints_21,
-                                       load_json, relative, run_adapter, sanitise, split_of, tip_to_base_order)
+from handloom.datasets.adapter import (
+    Hand,
+    ImageRecord,
+    Spec,
+    annotation_files,
+    find_image,
+    keypoints_21,
+    load_json,
+    relative,
+    run_adapter,
+    sanitise,
+    split_of,
+    tip_to_base_order,
+)
 from handloom.datasets.store import DatasetWriter
 from handloom.params import InterHandParams
 

@@ -6,8 +6,16 @@ from pathlib import Path
 
 from handloom.datasets.ingest import ingest
 from handloom.datasets.summary import render_overlays, write_summary
-from handloom.params import (COCOWholeBodyParams, DatasetParams, FreiHANDParams, HaGRIDParams, InterHandParams,
-                             OneHand10KParams, PanopticParams, RHDParams)
+from handloom.params import (
+    COCOWholeBodyParams,
+    DatasetParams,
+    FreiHANDParams,
+    HaGRIDParams,
+    InterHandParams,
+    OneHand10KParams,
+    PanopticParams,
+    RHDParams,
+)
 
 # ../shared beside the repository (CI clones it that way); never copied into the repository.
 DEFAULT_SAMPLES_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "hand_samples"

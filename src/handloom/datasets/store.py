@@ -13,9 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from handloom import schema
-from handloom.io import (ParquetStream, encode_jpeg, encode_png, read_table, remove_torn_writes, sha256,
-                         write_table)
-
+from handloom.io import ParquetStream, encode_jpeg, encode_png, read_table, remove_torn_writes, sha256, write_table
 from handloom.schema import IMAGES_DIR, MANIFEST_FILE, REJECTS_FILE
 
 IMAGES_PER_PART = 1000

@@ -10,8 +10,8 @@ import numpy as np
 
 from handloom import schema
 from handloom.datasets.store import iter_images, keypoints_array, read_manifest, read_rejects
-from handloom.io import decode_image, write_bytes
 from handloom.draw import markdown_table, save_png, tile
+from handloom.io import decode_image, write_bytes
 
 # One colour per finger (RGB), thumb -> little, so a swapped finger or a reversed chain shows at a glance.
 FINGER_COLOURS = ((230, 40, 40), (255, 150, 0), (240, 230, 0), (40, 200, 60), (40, 120, 255))

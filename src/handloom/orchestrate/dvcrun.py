@@ -75,9 +75,32 @@ def _pump(stream, log: Log, tail: deque) -> None:
         log(line)
 
 
+# `--wait-for-lock` does not cover DVC's per-output locks: while another `dvc repro` / `dvc exp run` runs a stage,
+# any command touching that stage's outputs fails at once with one of these. A scheduled run waits its turn instead.
+BUSY = ("is busy, it is being blocked by", "Unable to acquire lock")
+BUSY_FIRST_WAIT_S, BUSY_MAX_WAIT_S = 1.0, 60.0
+
+
 def run_dvc(root: str | Path, args: list[str], stage: str, timeout_s: float, log: Log = print,
             env: dict[str, str] | None = None) -> list[str]:
-    """`dvc <args>` at the repo root, output streamed to `log`; returns the stdout tail, raises StageFailed."""
+    """`dvc <args>` at the repo root, output streamed to `log`; returns the stdout tail, raises StageFailed.
+
+    While another DVC process holds the outputs, retries with exponential backoff (1 s doubling to 60 s) until
+    timeout_s is spent."""
+    deadline, wait = time.monotonic() + timeout_s, BUSY_FIRST_WAIT_S
+    while True:
+        try:
+            return _run_dvc_once(root, args, stage, max(deadline - time.monotonic(), 1.0), log, env)
+        except StageFailed as e:
+            if not any(b in e.tail for b in BUSY) or time.monotonic() + wait > deadline:
+                raise
+            log(f"{stage}: DVC is busy with another run; retrying in {wait:g} s")
+            time.sleep(wait)
+            wait = min(wait * 2, BUSY_MAX_WAIT_S)
+
+
+def _run_dvc_once(root: str | Path, args: list[str], stage: str, timeout_s: float, log: Log,
+                  env: dict[str, str] | None) -> list[str]:
     proc = subprocess.Popen([*DVC, *args], cwd=root, env=stage_env(env), text=True, errors="replace",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = deque(maxlen=TAIL_LINES), deque(maxlen=TAIL_LINES)

@@ -6,19 +6,30 @@ the base's read with `git show`, so a pull request shows what changed without re
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from handloom.draw import markdown_table, save_png
 from handloom.io import decode_image, write_bytes
 from handloom.report.build import FIGURES
-from handloom.draw import markdown_table, save_png
+
+
+class RevisionUnreadable(RuntimeError):
+    """DVC could not read a revision: its numbers would all show as new, so the diff must not be written."""
 
 
 def dvc_json(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], capture_output=True, text=True, check=True)
+    """`dvc <args> --json`; DVC only warns when it cannot read a revision (e.g. a remote in .dvc/config.local that
+    the revision's own .dvc/config lacks) and reports its values as missing, so a warning here is an error."""
+    out = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], capture_output=True, text=True)
+    failed = [line for line in out.stderr.splitlines() if "failed to load" in line or line.startswith("ERROR")]
+    if out.returncode or failed:
+        detail = (failed or out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[0]
+        raise RevisionUnreadable(f"`dvc {' '.join(args)}`: {detail.removeprefix('WARNING: ')}")
     return json.loads(out.stdout or "{}")
 
 
@@ -34,6 +45,11 @@ def delta_rows(diff: dict) -> list[dict]:
 def base_figure(rev: str, path: str) -> np.ndarray | None:
     shown = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True)
     return decode_image(shown.stdout) if shown.returncode == 0 else None
+
+
+def relative_link(path: Path, out_dir: Path) -> str:
+    """A link that still works when the folder is uploaded or checked out elsewhere (an absolute path does not)."""
+    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
 
 
 def side_by_side(old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -53,17 +69,32 @@ def report_diff(base: str, reports_dir: Path, out_dir: Path) -> Path:
     for figure in sorted((reports_dir / FIGURES).glob("*.png")):
         old = base_figure(base, str(figure.relative_to(reports_dir.parent)))
         if old is None:
-            lines += [f"## {figure.stem} (new)", "", f"![{figure.stem}]({figure.resolve()})", ""]
+            lines += [f"## {figure.stem} (new)", "", f"![{figure.stem}]({relative_link(figure, out_dir)})", ""]
             continue
         new = decode_image(figure.read_bytes())
         if old.shape == new.shape and np.array_equal(old, new):
             continue
         save_png(out_dir / f"{figure.stem}.png", side_by_side(old, new))
-        lines += [f"## {figure.stem}: `{base}` (left) vs workspace (right)", "", f"![{figure.stem}]({figure.stem}.png)", ""]
+        lines += [f"## {figure.stem}: `{base}` (left) vs workspace (right)", "",
+                  f"![{figure.stem}]({figure.stem}.png)", ""]
     out = out_dir / "report-diff.md"
     write_bytes(out, "\n".join(lines).encode())
     return out
 
 
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m handloom.report.diff BASE [OUT_DIR]  (make report-diff BASE=<rev>)\n"
+              "Writes OUT_DIR/report-diff.md (default build/report-diff): metric and param deltas against the git "
+              "revision BASE, and the figures that changed side by side.")
+        return 0 if argv else 2
+    try:
+        print(report_diff(argv[0], Path("reports"), Path(argv[1] if len(argv) > 1 else "build/report-diff")))
+    except RevisionUnreadable as e:
+        print(f"error: cannot compare with {argv[0]}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    print(report_diff(sys.argv[1], Path("reports"), Path(sys.argv[2] if len(sys.argv) > 2 else "build/report-diff")))
+    sys.exit(main(sys.argv[1:]))
