@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-from record import record
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -32,6 +31,7 @@ from handloom.orchestrate.presets import preset_params
 from handloom.schema import FLAG
 from handloom.shards.conditioning import CHANNELS
 from handloom.train.module import HandDiffusionModule, ModelGeometry
+from record import record
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"DiT-B/2": "gpu-b2-256", "DiT-XL/2": "gpu-xl2-256"}
@@ -112,7 +112,8 @@ def plan(model: str, check_full: bool) -> dict:
     pairs_per_s = MFU * H100_BF16 / figures["flops_per_pair"]
     global_batch = p.batch_size * p.devices
     hours_1 = p.max_steps * global_batch / pairs_per_s / 3600
-    return dict(figures, preset=PRESETS[model], depth=p.model.depth, tokens=2 * (geometry.input_size // p.model.patch_size) ** 2,
+    tokens = 2 * (geometry.input_size // p.model.patch_size) ** 2  # reference + target
+    return dict(figures, preset=PRESETS[model], depth=p.model.depth, tokens=tokens,
                 static_gb=round(static / 1e9, 1), largest_batch_per_80gb=largest,
                 preset_batch_per_gpu=p.batch_size, preset_devices=p.devices, preset_max_steps=p.max_steps,
                 pairs_per_s_at_35_mfu=round(pairs_per_s, 1),

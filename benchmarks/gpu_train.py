@@ -1,7 +1,8 @@
 """The GPU check's training run: the gpu-b2-256 preset for 200 steps on the default data (data/shards), with SD's VAE
 architecture at random weights (throughput and memory do not depend on what it has learnt), through encode_latents and
 the train stage's own pieces (module, latent-cache loader with its workers, Trainer options). Throughput from the
-median step time after a warmup; peak GPU memory from the allocator. Writes benchmarks/results.json "gpu_train". `--set key=value` overrides a train param (a CPU smoke run)."""
+median step time after a warmup; peak GPU memory from the allocator. Writes benchmarks/results.json "gpu_train".
+`--set key=value` overrides a train param (a CPU smoke run)."""
 from __future__ import annotations
 
 import argparse
@@ -14,13 +15,13 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
-from record import record
 
 from handloom.model.vae import save_random_autoencoder
 from handloom.orchestrate.presets import preset_params
 from handloom.train.fit import model_geometry, train_loader, trainer_options
 from handloom.train.latents import encode_latents, open_cache
 from handloom.train.module import HandDiffusionModule
+from record import record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,8 @@ def main() -> None:
     result = dict(preset=args.preset, steps=args.steps, batch_size=p.batch_size, precision=p.precision,
                   device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                   steps_per_s=round(1 / seconds, 3), pairs_per_s=round(p.batch_size / seconds, 1),
-                  peak_memory_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if torch.cuda.is_available() else None,
+                  peak_memory_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if torch.cuda.is_available()
+                  else None,
                   encode_latents_s=round(encode_s, 1), fit_wall_s=round(fit_s, 1), overrides=overrides,
                   command="python benchmarks/gpu_train.py")
     print(result)

@@ -1,7 +1,7 @@
 """The gpu-xl2-256 preset's whole code path on the CPU, so the first GPU run finds nothing new but CUDA.
 
 The stage scripts run as `dvc repro` runs them, in a project whose params.yaml is params.yaml + the preset (applied by
-`handloom preset --apply`), shrunk only where this machine forces it: DiT-XL/2's width, heads and patch but 2 of its
+`presets --apply`), shrunk only where this machine forces it: DiT-XL/2's width, heads and patch but 2 of its
 28 blocks (28 blocks with AdamW, EMA and a checkpoint are ~14 GB of RAM and 11 GB of disk), batch 1, 2 + 1 steps on one
 CPU device, 2 evaluation pairs sampled in 2 DDIM steps. Everything else is the preset's: 256 px, Stable Diffusion's
 VAE architecture (random weights: 4 latent channels, 8x down), heatmaps42 + mask on the 32 x 32 latent grid,
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_project import ROOT
 
 from handloom.model.vae import save_random_autoencoder
 from handloom.orchestrate.overrides import apply_overrides
 from handloom.params import ShardParams, load_params
 from handloom.shards.writer import write_shards
+from train_project import ROOT
 
 SHRUNK = {"train.model.depth": 2, "train.batch_size": 1, "train.max_steps": 2, "train.accelerator": "cpu",
           "train.devices": 1, "train.strategy": "auto", "train.num_workers": 2, "train.checkpoint_every_n_steps": 1,
@@ -47,8 +47,8 @@ def test_gpu_xl2_256_rehearsal(toy_dataset, tmp_path):
     (project / "data").mkdir(parents=True)
     shutil.copy(ROOT / "params.yaml", project / "params.yaml")
     shutil.copytree(ROOT / "presets", project / "presets")
-    preset = subprocess.run([sys.executable, "-m", "handloom.cli", "preset", "gpu-xl2-256", "--apply"], cwd=project,
-                            capture_output=True, text=True)
+    preset = subprocess.run([sys.executable, "-m", "handloom.orchestrate.presets", "gpu-xl2-256", "--apply"],
+                            cwd=project, capture_output=True, text=True)
     assert preset.returncode == 0, preset.stderr
     vae = save_random_autoencoder(tmp_path / "sd-vae")
     apply_overrides(project / "params.yaml", {**SHRUNK, "train.vae_path": str(vae)})

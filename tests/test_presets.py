@@ -1,5 +1,6 @@
 """The GPU presets (presets/*.yaml): valid params, every value commented with its source, and the `dvc exp run -S`
-flags `handloom preset` prints give exactly the params the preset describes, through DVC's own override code."""
+flags `python -m handloom.orchestrate.presets` prints give exactly the params the preset describes, through DVC's own
+override code."""
 import shlex
 import shutil
 import subprocess
@@ -59,12 +60,12 @@ def test_dvc_exp_run_flags_give_the_preset(tmp_path, name):
 def test_apply_writes_the_preset_into_params_yaml_keeping_comments(tmp_path):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "presets", tmp_path / "presets")
-    run = subprocess.run([sys.executable, "-m", "handloom.cli", "preset", "gpu-xl2-256", "--apply"], cwd=tmp_path,
+    run = subprocess.run([sys.executable, "-m", "handloom.orchestrate.presets", "gpu-xl2-256", "--apply"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert load_params(tmp_path / "params.yaml") == preset_params("gpu-xl2-256", ROOT / "params.yaml")
     text = (tmp_path / "params.yaml").read_text()
     assert "# Validated by src/handloom/params.py" in text and yaml.safe_load(text)["train"]["model"]["depth"] == 28
-    bad = subprocess.run([sys.executable, "-m", "handloom.cli", "preset", "gpu-xl3"], cwd=tmp_path,
+    bad = subprocess.run([sys.executable, "-m", "handloom.orchestrate.presets", "gpu-xl3"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown preset 'gpu-xl3'")

@@ -73,8 +73,8 @@ def test_training_code_has_no_defaults_of_its_own():
 def test_the_check_finds_a_second_set_of_defaults(tmp_path):
     # What the train module held before: a dataclass of its own defaults for the same settings.
     old = tmp_path / "module.py"
-    old.write_text("@dataclass\nclass TrainConfig:\n    lr: float = 1e-4\n    depth: int = 4\n    input_size: int = 64\n"
-                   "\n\ndef build(seed=0, *, mask_head=True):\n    pass\n")
+    old.write_text("@dataclass\nclass TrainConfig:\n    lr: float = 1e-4\n    depth: int = 4\n"
+                   "    input_size: int = 64\n\n\ndef build(seed=0, *, mask_head=True):\n    pass\n")
     assert defaults_named_like_settings(old) == [
         ("module.py", "TrainConfig", "lr"), ("module.py", "TrainConfig", "depth"), ("module.py", "build", "seed"),
         ("module.py", "build", "mask_head")]

@@ -13,10 +13,16 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from handloom.schema import BATCH_KEYS
 from handloom.params import TrainParams
-from handloom.train.module import (HandDiffusionModule, ModelGeometry, draw_condition_dropout, lr_multiplier, repa_loss,
-                                   warmup_cosine)
+from handloom.schema import BATCH_KEYS
+from handloom.train.module import (
+    HandDiffusionModule,
+    ModelGeometry,
+    draw_condition_dropout,
+    lr_multiplier,
+    repa_loss,
+    warmup_cosine,
+)
 
 torch.set_num_threads(1)
 SIZE = 16

@@ -1,4 +1,4 @@
-"""The `handloom` command: generate hands from the trained checkpoint, outpaint a body around one, apply a preset."""
+"""The `handloom` command: generate hands from the trained checkpoint, and outpaint a body around one."""
 from __future__ import annotations
 
 import argparse
@@ -143,37 +143,11 @@ def run_outpaint(args) -> int:
     return 0
 
 
-def add_preset(commands) -> None:
-    p = commands.add_parser("preset", help="a named params preset (presets/<name>.yaml) as a DVC experiment",
-                            description="Print the `dvc exp run` command that trains the preset as an experiment "
-                            "named after it, or with --apply write its values into params.yaml (comments kept).")
-    p.add_argument("name", nargs="?", help="e.g. gpu-xl2-256; without a name, list the presets")
-    p.add_argument("--apply", action="store_true", help="write the preset into params.yaml instead")
-    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS)
-    p.set_defaults(run=run_preset)
-
-
-def run_preset(args) -> int:
-    from handloom.orchestrate import presets
-
-    root = args.params.parent
-    if args.name is None:
-        print("\n".join(presets.preset_names(root)))
-    elif args.apply:
-        changed = presets.apply_preset(args.name, args.params)
-        print(f"{args.params}: {len(changed)} values of preset {args.name} set; `dvc repro` trains it")
-    else:
-        presets.preset_params(args.name, args.params)  # fails here, naming the key, rather than inside dvc
-        print(presets.exp_run_command(args.name, root))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="handloom", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="command")
     add_generate(commands)
     add_outpaint(commands)
-    add_preset(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -156,7 +156,8 @@ class FinalSamples(Callback):
 def resumable_checkpoint(models_dir: Path, p: TrainParams, geometry: ModelGeometry, fingerprint: str
                          ) -> tuple[Path | None, int]:
     """(the last checkpoint, its global step) if trained on the same shards with the same settings (but those in
-    RESUMABLE_CHANGES) and short of p.max_steps, else (None, 0) after one line saying why the run starts from scratch."""
+    RESUMABLE_CHANGES) and short of p.max_steps, else (None, 0) after one line saying why the run starts from
+    scratch."""
     path = models_dir / CHECKPOINT
     if not path.exists():
         return None, 0
