@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export AWS_RETRY_MODE ?= standard
 export AWS_MAX_ATTEMPTS ?= 10
 
-.PHONY: setup repro test lint test-slow bench clean report-diff
+.PHONY: setup repro test lint test-slow bench gpu-check clean report-diff
 
 setup: $(STAMP)
 
@@ -40,6 +40,13 @@ test-slow: setup
 # Every ratio benchmark side by side; figures land in benchmarks/results.json and benchmarks/README.md.
 bench: setup
 	python benchmarks/run.py
+
+# On a machine with a GPU, in under 8 minutes: DiT-B/2 and DiT-XL/2 MFU in bf16, then 200 steps of the gpu-b2-256 preset
+# on the default data (SD's VAE architecture, random weights); figures land in benchmarks/results.json.
+gpu-check: setup
+	test -f data/shards/index.parquet || dvc repro shard
+	python benchmarks/train_step.py --gpu --steps 10
+	python benchmarks/gpu_train.py
 
 # Markdown comparison of the workspace's metrics, params and figures with BASE (default HEAD~1).
 BASE ?= HEAD~1

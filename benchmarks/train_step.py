@@ -31,9 +31,9 @@ from handloom.model.dit import dit_size
 from handloom.params import TrainParams, load_params
 from handloom.schema import FLAG
 from handloom.shards.conditioning import CHANNELS
-from handloom.train.fit import train_config, trainer_options
+from handloom.train.fit import model_geometry, trainer_options
 from handloom.train.live import LiveLogger
-from handloom.train.module import HandDiffusionModule, TrainConfig
+from handloom.train.module import HandDiffusionModule, ModelGeometry
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dense bf16 peak FLOP/s by device name (no sparsity), from the vendors' data sheets.
@@ -42,17 +42,18 @@ PEAK_BF16 = {"H200": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 98
 GPU_MODELS = {"DiT-B/2": 64, "DiT-XL/2": 32}  # per-GPU batch (pairs): ~30 GB of activations on an 80 GB card
 
 
-def synthetic_batch(config: TrainConfig, batch_size: int, device: str) -> dict:
+def synthetic_batch(geometry: ModelGeometry, batch_size: int, device: str) -> dict:
     """A batch with the training batch's keys and shapes; the values do not change the step's cost."""
     g = torch.Generator().manual_seed(0)
-    size, n = config.input_size, batch_size
+    size, n = geometry.input_size, batch_size
 
     def uniform(*shape):
         return (torch.rand(n, *shape, generator=g) * 2 - 1).to(device)
 
-    return dict(reference=uniform(config.image_channels, size, size), target=uniform(config.image_channels, size, size),
-                reference_cond=uniform(config.cond_channels, size, size).clamp(min=0),
-                target_cond=uniform(config.cond_channels, size, size).clamp(min=0),
+    return dict(reference=uniform(geometry.image_channels, size, size),
+                target=uniform(geometry.image_channels, size, size),
+                reference_cond=uniform(geometry.cond_channels, size, size).clamp(min=0),
+                target_cond=uniform(geometry.cond_channels, size, size).clamp(min=0),
                 target_mask=(uniform(1, size, size) > 0).float(), flag=torch.full((n,), FLAG["pose"], device=device))
 
 
@@ -91,9 +92,9 @@ def elapsed(start: tuple[float, float], device: str) -> tuple[float, float]:
 class PlainLoop:
     """The step by hand, as a plain PyTorch script would: loss, backward, clip, AdamW, LR schedule, EMA."""
 
-    def __init__(self, config: TrainConfig, p: TrainParams, device: str):
+    def __init__(self, geometry: ModelGeometry, p: TrainParams, device: str):
         torch.manual_seed(0)
-        self.module = HandDiffusionModule(config).to(device).train()
+        self.module = HandDiffusionModule(p, geometry).to(device).train()
         optimizers = self.module.configure_optimizers()  # the module's own AdamW and warmup-cosine
         self.optimizer, self.scheduler = optimizers["optimizer"], optimizers["lr_scheduler"]["scheduler"]
         self.generator = torch.Generator(device=device).manual_seed(0)
@@ -134,12 +135,12 @@ class Interleaved(Callback):
         self.last_plain = elapsed(start, self.device)
 
 
-def compare(config: TrainConfig, p: TrainParams, batch_size: int, device: str, warmup: int, steps: int) -> dict:
+def compare(geometry: ModelGeometry, p: TrainParams, batch_size: int, device: str, warmup: int, steps: int) -> dict:
     """`steps` interleaved pairs of steps through the stage's Trainer (its logger and progress bar in,
     checkpoints out); per pair the ratio of steps/s, then medians, by wall and by process CPU time."""
-    batch = synthetic_batch(config, batch_size, device)
+    batch = synthetic_batch(geometry, batch_size, device)
     torch.manual_seed(0)
-    module, interleaved = HandDiffusionModule(config), Interleaved(PlainLoop(config, p, device), warmup, device)
+    module, interleaved = HandDiffusionModule(p, geometry), Interleaved(PlainLoop(geometry, p, device), warmup, device)
     with tempfile.TemporaryDirectory() as logs:
         options = dict(trainer_options(p), max_steps=warmup + steps + 1)
         logger = LiveLogger(dir=logs, save_dvc_exp=False, dvcyaml=False, report=None)
@@ -156,11 +157,11 @@ def compare(config: TrainConfig, p: TrainParams, batch_size: int, device: str, w
                 batch_size=batch_size, steps=steps, warmup_steps=warmup)
 
 
-def flops_per_step(config: TrainConfig, batch: dict, device: str) -> int:
+def flops_per_step(geometry: ModelGeometry, p: TrainParams, batch: dict, device: str) -> int:
     """FLOPs of one forward + backward of the training loss, as torch.utils.flop_counter counts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    module = HandDiffusionModule(config).to(device).train()
+    module = HandDiffusionModule(p, geometry).to(device).train()
     generator = torch.Generator(device=device).manual_seed(0)
     with FlopCounterMode(display=False) as counter, torch.autocast(device, torch.bfloat16, enabled=device == "cuda"):
         module.losses(batch, drop=True, generator=generator)["loss"].backward()
@@ -176,10 +177,10 @@ def peak_flops(name: str, override_tflops: float | None) -> float | None:
 def cpu_benchmark(args) -> dict:
     load = os.getloadavg()[0]  # the neighbours: per-step ratios swing with it
     p = load_params(ROOT / "params.yaml").train.model_copy(update=dict(accelerator="cpu", devices=1, strategy="auto"))
-    config = train_config(p)
+    geometry = model_geometry(p)
     print(f"CPU, {torch.get_num_threads()} threads: the stage's default model at {p.resolution} px, "
           f"batch {p.batch_size}, {args.steps} interleaved step pairs", flush=True)
-    result = compare(config, p, p.batch_size, "cpu", args.warmup, args.steps)
+    result = compare(geometry, p, p.batch_size, "cpu", args.warmup, args.steps)
     print(f"train_step ratio (Lightning / plain steps/s): {result['ratio']:.3f}, by CPU time "
           f"{result['cpu_time_ratio']:.3f}  (goal ≥ 0.95)")
     return dict(result, device="cpu", threads=torch.get_num_threads(), resolution=p.resolution,
@@ -193,15 +194,15 @@ def gpu_benchmark(args) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name()
     peak = peak_flops(name, args.peak_tflops)
-    p = TrainParams(accelerator="gpu", precision="bf16-mixed", log_every_n_steps=10)
+    geometry = ModelGeometry(input_size=32, image_channels=4, cond_channels=CHANNELS["heatmaps42"], repa_dim=None)
     result = dict(device=name, peak_bf16_tflops=peak and peak / 1e12)
     for model, batch_size in GPU_MODELS.items():
         batch_size = args.batch_size or batch_size
-        config = TrainConfig(input_size=32, image_channels=4, cond_channels=CHANNELS["heatmaps42"], mask_head=False,
-                             **dit_size(model))
-        flops = flops_per_step(config, synthetic_batch(config, batch_size, "cuda"), "cuda")
+        p = TrainParams(accelerator="gpu", precision="bf16-mixed", log_every_n_steps=10,
+                        model=dict(dit_size(model), mask_head=False))
+        flops = flops_per_step(geometry, p, synthetic_batch(geometry, batch_size, "cuda"), "cuda")
         print(f"{name}: {model}, batch {batch_size}: {flops / 1e12:.2f} TFLOP per step", flush=True)
-        timing = compare(config, p, batch_size, "cuda", args.warmup, args.steps)
+        timing = compare(geometry, p, batch_size, "cuda", args.warmup, args.steps)
         for loop in ("lightning", "plain"):
             achieved = flops * timing[f"{loop}_steps_per_s"]
             timing[f"{loop}_tflops"] = round(achieved / 1e12, 1)

@@ -7,7 +7,9 @@ from handloom.train.fit import fit
 
 def main() -> None:
     params = stage_params()
-    fit(params.train, Path("data/shards"), Path("data/models"), Path("reports/train"), Path("data/latents"))
+    # The sample grids sample as evaluate does, so they show what evaluate will score.
+    fit(params.train, Path("data/shards"), Path("data/models"), Path("reports/train"), Path("data/latents"),
+        sampling=params.evaluate.sampling())
 
 
 if __name__ == "__main__":

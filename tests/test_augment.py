@@ -107,7 +107,7 @@ def test_pairs_share_flip_and_gamma_but_self_pairs_draw_their_own():
 
 def test_to_example_augments_only_with_params_and_an_rng():
     s = dotted_sample(np.random.default_rng(4))
-    spec = ExampleSpec(16, "heatmaps42", augment=AugmentParams(p_flip=1.0, gamma=(1, 1), crop_scale=(1, 1)))
+    spec = ExampleSpec(16, "heatmaps42", 1.5, augment=AugmentParams(p_flip=1.0, gamma=(1, 1), crop_scale=(1, 1)))
     flipped = to_example(s, s, "self", spec, np.random.default_rng(0))
     plain = to_example(s, s, "self", spec, None)
     right_wrist, left_wrist = schema.hand_rows("right").start, schema.hand_rows("left").start

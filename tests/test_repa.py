@@ -52,8 +52,8 @@ def test_train_stage_adds_the_repa_loss_and_keeps_the_encoder_out(toy_dataset, d
     fit(p, shards, models, logs)
     assert (logs / "plots" / "metrics" / "train" / "repa_loss.tsv").exists()
     state = torch.load(models / CHECKPOINT, weights_only=True)
-    assert state["hyper_parameters"]["config"]["repa_dim"] == 24
-    assert state["hyper_parameters"]["config"]["repa_weight"] == 0.7
+    assert state["hyper_parameters"]["geometry"]["repa_dim"] == 24
+    assert state["hyper_parameters"]["train"]["repa_weight"] == 0.7
     assert not any(k.startswith("repa_encoder.") for k in state["state_dict"])
     assert load_module(models).model.repa_projector is not None  # loads for sampling without the encoder
     # Turning REPA off is another model: the stage starts afresh rather than resuming.

@@ -47,7 +47,7 @@ def serve_http(directory: Path) -> ThreadingHTTPServer:
 
 def first_batch(root: str) -> dict:
     index, pairs = (read_parquet(f"{root}/{name}") for name in (schema.INDEX_FILE, schema.PAIRS_FILE))
-    spec = ExampleSpec(16, "heatmaps42", augment=AugmentParams())
+    spec = ExampleSpec(16, "heatmaps42", 1.5, augment=AugmentParams())
     dataset = pair_dataset(shard_urls(root, index, "train"), pairs[pairs.split == "train"], spec, batch_size=2,
                            seed=3, batches_per_epoch=1)
     return next(iter(dataset))

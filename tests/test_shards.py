@@ -112,7 +112,7 @@ def test_a_damaged_or_unfinished_dataset_is_rewritten(toy_dataset):
 def batches(out, split="train", seed=0, n=3, **spec):
     index = read_table(out / "index.parquet").to_pandas()
     pairs = read_table(out / "pairs.parquet").to_pandas()
-    spec = ExampleSpec(16, "heatmaps42", augment=AugmentParams(), **spec)
+    spec = ExampleSpec(16, "heatmaps42", 1.5, augment=AugmentParams(), **spec)
     return list(pair_dataset(shard_urls(out, index, split), pairs[pairs.split == split], spec, batch_size=2,
                              seed=seed, batches_per_epoch=n))
 
@@ -139,7 +139,7 @@ def test_loader_workers_end_their_epochs_together(toy_dataset, num_workers=2):
     shard_all(toy_dataset, out, max_samples=1)
     index = read_table(out / "index.parquet").to_pandas()
     pairs = read_table(out / "pairs.parquet").to_pandas()
-    dataset = pair_dataset(shard_urls(out, index, "train"), pairs, ExampleSpec(16, "annotated3"), batch_size=2,
+    dataset = pair_dataset(shard_urls(out, index, "train"), pairs, ExampleSpec(16, "annotated3", 1.5), batch_size=2,
                            batches_per_epoch=2)
     loader = wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)
     assert sum(1 for _ in loader) == 2 * num_workers

@@ -13,8 +13,16 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from handloom.params import TrainParams
 from handloom.schema import BATCH_KEYS
-from handloom.train.module import HandDiffusionModule, TrainConfig, draw_condition_dropout, repa_loss, warmup_cosine
+from handloom.train.module import (
+    HandDiffusionModule,
+    ModelGeometry,
+    draw_condition_dropout,
+    lr_multiplier,
+    repa_loss,
+    warmup_cosine,
+)
 
 torch.set_num_threads(1)
 SIZE = 16
@@ -44,10 +52,18 @@ def loader(n: int = 64) -> DataLoader:
     return DataLoader(blob_samples(n), batch_size=8, shuffle=False)
 
 
-def config(**kwargs) -> TrainConfig:
-    base = dict(input_size=SIZE, cond_channels=2, depth=2, hidden_size=64, num_heads=2, patch_size=4,
-                lr=5e-3, warmup_steps=3, max_steps=30, ema_decay=0.99)
-    return TrainConfig(**{**base, **kwargs})
+GEOMETRY = ModelGeometry(input_size=SIZE, image_channels=3, cond_channels=2, repa_dim=None)  # blobs: heatmap + mask
+
+
+def make_module(geometry: ModelGeometry = GEOMETRY, sampling: dict | None = None, **train) -> HandDiffusionModule:
+    """A tiny DiT with ε-prediction, uniform loss weights and the mask head; `train` overrides TrainParams."""
+    base = dict(model=dict(depth=2, hidden_size=64, num_heads=2, patch_size=4, mask_head=True), prediction="eps",
+                beta_schedule="linear", min_snr_gamma=None, hand_loss_weight=1.0, p_drop_reference=0.05,
+                p_drop_pose=0.05, lr=5e-3, warmup_steps=3, max_steps=30, ema_decay=0.99)
+    repa_encoder = train.pop("repa_encoder", None)
+    autoencoder = train.pop("autoencoder", None)
+    return HandDiffusionModule(TrainParams(**{**base, **train}), geometry, sampling, repa_encoder=repa_encoder,
+                               autoencoder=autoencoder)
 
 
 def trainer(max_steps: int, tmp_path: Path, callbacks=(), logger=False, precision="32") -> L.Trainer:
@@ -72,7 +88,7 @@ def test_batches_carry_the_schema_keys():
 def test_training_lowers_the_loss(tmp_path):
     L.seed_everything(0)
     record = RecordLosses()
-    module, run = HandDiffusionModule(config()), trainer(30, tmp_path, [record])
+    module, run = make_module(), trainer(30, tmp_path, [record])
     run.fit(module, loader(), loader(16))
     first, last = np.mean(record.losses[:8]), np.mean(record.losses[-8:])
     assert len(record.losses) == 30 and last < 0.7 * first, (first, last)
@@ -82,7 +98,7 @@ def test_training_lowers_the_loss(tmp_path):
 
 def test_bf16_mixed_trains(tmp_path):
     # The GPU recipe's autocast, run on the CPU: every loss term stays finite and the EMA stays float32.
-    module = HandDiffusionModule(config(repa_weight=1.0), repa_encoder=PatchEncoder())
+    module = make_module(repa_weight=1.0, repa_encoder=PatchEncoder())
     run = trainer(3, tmp_path, precision="bf16-mixed")
     run.fit(module, loader(16))
     assert all(torch.isfinite(v) for k, v in run.callback_metrics.items() if k.startswith("train/"))
@@ -102,6 +118,22 @@ def test_warmup_then_cosine():
     assert lr(0) == pytest.approx(0.1) and lr(9) == 1.0 and lr(60) == pytest.approx(0.5) and lr(110) == 0.0
 
 
+def test_constant_schedule_stays_flat_after_the_warmup():
+    lr = lr_multiplier("constant", 10, 110)
+    assert lr(0) == pytest.approx(0.1) and lr(9) == lr(60) == lr(10_000) == 1.0
+    assert lr_multiplier("constant", 0, 110)(0) == 1.0  # DiT: no warmup at all
+    scheduler = make_module(lr_schedule="constant", warmup_steps=0).configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.get_last_lr() == [5e-3]
+
+
+def test_every_knob_of_the_module_comes_from_train_params():
+    # The settings TrainConfig used to hide behind its own defaults now come from params.yaml's train section.
+    module = make_module(grad_checkpointing=True, repa_layer=2, model=dict(depth=2, hidden_size=64, num_heads=2,
+                         patch_size=4, mask_head=False), geometry=ModelGeometry(SIZE, 3, 2, repa_dim=24))
+    assert module.model.grad_checkpointing and module.model.repa_layer == 2 and module.model.mask_head is None
+    assert module.model.repa_projector is not None  # built from the geometry alone: loads without the encoder
+
+
 @torch.no_grad()
 def perturbed(module: HandDiffusionModule) -> HandDiffusionModule:
     """Move the model and its EMA apart, and away from the all-zero output of initialisation."""
@@ -117,13 +149,13 @@ def weights(module: nn.Module) -> dict:
 def test_resume_is_exact_and_checkpoints_load_weights_only(tmp_path):
     # Straight through: 8 steps, a checkpoint at step 8 (an epoch boundary), then 4 more.
     L.seed_everything(0)
-    straight = HandDiffusionModule(config())
+    straight = make_module()
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=8, save_top_k=-1)
     trainer(12, tmp_path, [checkpoints]).fit(straight, loader())
     path = next((tmp_path / "ckpt").glob("*step=8.ckpt"))
 
     saved = torch.load(path, weights_only=True)
-    assert saved["global_step"] == 8 and saved["hyper_parameters"]["config"]["depth"] == 2
+    assert saved["global_step"] == 8 and saved["hyper_parameters"]["train"]["model"]["depth"] == 2
     saved_ema = {k.removeprefix("ema."): v for k, v in saved["state_dict"].items() if k.startswith("ema.")}
     assert saved_ema and not all(torch.equal(saved_ema[k], v) for k, v in weights(straight.ema).items())
 
@@ -132,7 +164,7 @@ def test_resume_is_exact_and_checkpoints_load_weights_only(tmp_path):
             self.step, self.ema = trainer.global_step, weights(module.ema)
 
     L.seed_everything(123)  # a different seed: the checkpoint, not the caller, decides what comes next
-    resumed, at_start = HandDiffusionModule(config()), AtStart()
+    resumed, at_start = make_module(), AtStart()
     trainer(12, tmp_path, [at_start]).fit(resumed, loader(), ckpt_path=path, weights_only=True)
     assert at_start.step == 8
     assert all(torch.equal(at_start.ema[k], v) for k, v in saved_ema.items())
@@ -160,7 +192,7 @@ class PatchEncoder(nn.Module):
 def test_mask_and_repa_losses_and_frozen_encoder_stays_out_of_checkpoints(tmp_path):
     L.seed_everything(0)
     encoder = PatchEncoder()
-    module = HandDiffusionModule(config(repa_weight=1.0), repa_encoder=encoder)
+    module = make_module(repa_weight=1.0, repa_encoder=encoder)
     batch = next(iter(loader()))
     losses = module.losses(batch, drop=True)
     assert set(losses) == {"loss", "diffusion", "mask", "repa"}
@@ -178,7 +210,7 @@ def test_mask_and_repa_losses_and_frozen_encoder_stays_out_of_checkpoints(tmp_pa
 
 @pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
 def test_mask_loss_enters_the_total_with_weight_lambda(weight):
-    module = perturbed(HandDiffusionModule(config(mask_loss_weight=weight)))
+    module = perturbed(make_module(mask_loss_weight=weight))
     losses = module.losses(next(iter(loader(8))), drop=True, generator=torch.Generator().manual_seed(0))
     assert losses["mask"].item() > 0
     torch.testing.assert_close(losses["loss"], losses["diffusion"] + weight * losses["mask"])
@@ -195,7 +227,7 @@ class PoolingAutoencoder(nn.Module):
 
 
 def test_latent_space_trains_and_samples_at_latent_size():
-    module = perturbed(HandDiffusionModule(config(input_size=SIZE // 2), autoencoder=PoolingAutoencoder()))
+    module = perturbed(make_module(ModelGeometry(SIZE // 2, 3, 2, None), autoencoder=PoolingAutoencoder()))
     batch = next(iter(loader(4)))
     for key in ("reference_cond", "target_cond"):  # conditioning comes at latent resolution
         batch[key] = torch.nn.functional.avg_pool2d(batch[key], 2)
@@ -224,7 +256,8 @@ def test_repa_loss_resizes_the_token_grid():
 
 def test_samples_and_losses_reach_dvclive(tmp_path):
     L.seed_everything(0)
-    module = HandDiffusionModule(config(sample_every_n_steps=2, sample_steps=3, sample_count=2))
+    module = make_module(sampling=dict(steps=3, appearance_scale=2.0, pose_scale=2.0, eta=0.0), sample_every_n_steps=2,
+                         sample_count=2)
     live = tmp_path / "dvclive"
     trainer(4, tmp_path, logger=DVCLiveLogger(dir=str(live), save_dvc_exp=False, dvcyaml=False)).fit(module, loader(16))
     assert "loss" in json.loads((live / "metrics.json").read_text())["train"]
@@ -236,14 +269,14 @@ def test_samples_and_losses_reach_dvclive(tmp_path):
 
 
 def test_loggers_without_images_are_left_alone(tmp_path):
-    module = HandDiffusionModule(config(sample_every_n_steps=1, sample_steps=2))
+    module = make_module(sampling=dict(steps=2, appearance_scale=2.0, pose_scale=2.0, eta=0.0), sample_every_n_steps=1)
     trainer(2, tmp_path, logger=CSVLogger(tmp_path)).fit(module, loader(16))
     assert module.global_step == 2
 
 
 def test_samples_are_seeded():
     L.seed_everything(0)
-    module = perturbed(HandDiffusionModule(config()))
+    module = perturbed(make_module())
     batch = next(iter(loader(4)))
 
     def sample(seed, **kwargs):
@@ -260,19 +293,19 @@ def test_samples_are_seeded():
 
 def test_hand_loss_weight_weighs_the_target_mask():
     batch = next(iter(loader(8)))
-    module = perturbed(HandDiffusionModule(config(hand_loss_weight=5.0)))
+    module = perturbed(make_module(hand_loss_weight=5.0))
     weight = module.hand_weight(batch["target_mask"], batch["target"])
     mask = batch["target_mask"].bool()
     assert weight[mask].eq(5.0).all() and weight[~mask].eq(1.0).all() and mask.any() and (~mask).any()
-    assert HandDiffusionModule(config()).hand_weight(batch["target_mask"], batch["target"]) is None
+    assert make_module().hand_weight(batch["target_mask"], batch["target"]) is None
     # The total moves with the weight: the same draws, another weighting.
-    losses = [perturbed(HandDiffusionModule(config(hand_loss_weight=w))).losses(
+    losses = [perturbed(make_module(hand_loss_weight=w)).losses(
         batch, drop=False, generator=torch.Generator().manual_seed(0))["diffusion"].item() for w in (1.0, 5.0)]
     assert losses[0] != pytest.approx(losses[1], rel=1e-3)
 
 
 def test_min_snr_gamma_reaches_the_loss():
-    plain, weighted = (HandDiffusionModule(config(min_snr_gamma=g, prediction="v")).diffusion for g in (None, 5.0))
+    plain, weighted = (make_module(min_snr_gamma=g, prediction="v").diffusion for g in (None, 5.0))
     assert plain.loss_weight.eq(1).all()
     snr = plain.sqrt_alpha_bar ** 2 / plain.sqrt_one_minus_alpha_bar ** 2
     torch.testing.assert_close(weighted.loss_weight, snr.clamp(max=5.0) / (snr + 1))

@@ -21,7 +21,8 @@ torch.set_num_threads(1)
 
 
 def batches(shards, start_batch: int, count: int, num_workers: int) -> list[dict]:
-    stream = PairStream(shards, "train", ExampleSpec(16, "fingers11"), batch_size=3, seed=7, start_batch=start_batch)
+    spec = ExampleSpec(16, "fingers11", 1.5)
+    stream = PairStream(shards, "train", spec, batch_size=3, seed=7, start_batch=start_batch)
     loader = torch.utils.data.DataLoader(stream, batch_size=3, num_workers=num_workers)
     return [b for b, _ in zip(loader, range(count))]
 
@@ -51,7 +52,8 @@ def test_the_stream_starts_at_any_batch_as_if_never_stopped(toy_dataset, num_wor
 def test_the_stream_reads_s3_as_it_reads_a_directory(toy_dataset, s3):
     shards = toy_shards(toy_dataset)
     shutil.copytree(shards, s3 / "shards")
-    remote, local = (PairStream(root, "train", ExampleSpec(16, "fingers11"), batch_size=3, seed=7, start_batch=2)
+    spec = ExampleSpec(16, "fingers11", 1.5)
+    remote, local = (PairStream(root, "train", spec, batch_size=3, seed=7, start_batch=2)
                      for root in ("s3://bucket/shards", shards))
     assert all(same(a, b) for a, b in zip(islice(remote, 7), islice(local, 7), strict=True))
 

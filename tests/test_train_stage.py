@@ -26,7 +26,7 @@ def test_fit_resumes_exactly_from_the_persisted_checkpoint(toy_dataset):
     assert resumed["global_step"] == 5
     assert (logs / "metrics.json").exists() and list((logs / "plots" / "metrics").rglob("loss.tsv"))
     module = load_module(models)
-    assert module.config.depth == 1 and not module.training
+    assert module.params == TrainParams(max_steps=5, **TINY) and not module.training  # rebuilt from the checkpoint
 
 
 def test_changed_architecture_starts_fresh(toy_dataset):
@@ -35,8 +35,21 @@ def test_changed_architecture_starts_fresh(toy_dataset):
     wider = dict(TINY, model=dict(TINY["model"], hidden_size=64))
     fit(TrainParams(max_steps=3, checkpoint_every_n_steps=1, **wider), shards_dir, models, logs)
     state = torch.load(models / CHECKPOINT, weights_only=True)
-    assert state["global_step"] == 3 and state["hyper_parameters"]["config"]["hidden_size"] == 64
+    assert state["global_step"] == 3 and state["hyper_parameters"]["train"]["model"]["hidden_size"] == 64
     assert [p.name for p in models.iterdir()] == [CHECKPOINT]  # overwritten, no last-v1.ckpt beside it
+
+
+def test_changed_data_settings_start_fresh_changed_logistics_resume(toy_dataset, capsys):
+    # A resumed run must be the run its params describe: other heatmaps are another model (TrainConfig never saw
+    # heatmap_sigma or batch_size); logging, workers and hardware are not.
+    shards_dir, models, logs = shards(toy_dataset), toy_dataset / "models", toy_dataset / "logs"
+    fit(TrainParams(max_steps=2, **TINY), shards_dir, models, logs)
+    fit(TrainParams(max_steps=3, heatmap_sigma=2.0, **TINY), shards_dir, models, logs)
+    assert "['heatmap_sigma'] changed; starting from scratch" in capsys.readouterr().out
+    fit(TrainParams(max_steps=4, heatmap_sigma=2.0, **dict(TINY, log_every_n_steps=2), num_workers=1), shards_dir,
+        models, logs)
+    assert "not resuming" not in capsys.readouterr().out
+    assert torch.load(models / CHECKPOINT, weights_only=True)["global_step"] == 4
 
 
 def test_checkpoint_bytes_do_not_depend_on_the_folder(toy_dataset, recwarn):

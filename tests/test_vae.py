@@ -11,7 +11,7 @@ from train_project import ROOT, TINY_TRAIN, toy_shards
 from handloom.model.vae import LatentGeometry, load_autoencoder, vae_geometry
 from handloom.params import TrainParams
 from handloom.shards.reader import image_tensor, iter_samples, read_sample
-from handloom.train.fit import CHECKPOINT, example_spec, fit, load_module, train_config, train_loader
+from handloom.train.fit import CHECKPOINT, example_spec, fit, load_module, model_geometry, train_loader
 from handloom.train.latents import META_FILE, LatentCache, encode_latents, open_cache
 
 torch.set_num_threads(1)
@@ -47,12 +47,12 @@ def test_adapter_scales_the_posterior_mean(vae_path):
 
 def test_config_and_conditioning_live_on_the_latent_grid(vae_path):
     p = latent_params(vae_path, resolution=32)
-    config, spec = train_config(p), example_spec(p)
-    assert (config.input_size, config.image_channels) == (16, 4)
+    geometry, spec = model_geometry(p), example_spec(p)
+    assert (geometry.input_size, geometry.image_channels, geometry.cond_channels) == (16, 4, 11)
     assert (spec.resolution, spec.cond_resolution) == (32, 16)  # pixels for the VAE, heatmaps for the DiT
     assert example_spec(TrainParams(**TINY_TRAIN)).cond_resolution is None  # pixel space unchanged
     with pytest.raises(ValueError, match="multiple of the VAE's downscale"):
-        train_config(latent_params(vae_path, resolution=17))
+        model_geometry(latent_params(vae_path, resolution=17))
 
 
 def test_cache_holds_each_train_image_encoded_once(toy_dataset, vae_path):

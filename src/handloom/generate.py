@@ -29,7 +29,7 @@ from handloom.model.vae import load_autoencoder
 from handloom.params import EvaluateParams, TrainParams
 from handloom.shards.conditioning import CHANNELS
 from handloom.shards.reader import ExampleSpec, to_example
-from handloom.train.module import HandDiffusionModule, TrainConfig, to_uint8_image
+from handloom.train.module import HandDiffusionModule, to_uint8_image
 
 MODES = ("pose", "view")  # schema.FLAG: pose 0, view 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -81,19 +81,22 @@ def load_generator(checkpoint: str | Path, params: TrainParams | None = None, de
     if not path.is_file():
         raise GenerateError(f"no checkpoint at {path}: run `dvc repro train` or pass --checkpoint")
     state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is data, not code
-    config = TrainConfig(**state["hyper_parameters"]["config"])
     autoencoder = load_autoencoder(params.vae_path)
-    resolution = config.input_size if autoencoder is None else params.resolution
+    try:
+        module = HandDiffusionModule.from_checkpoint(state, autoencoder)
+    except ValueError as e:
+        raise GenerateError(f"{path}: {e}") from None
+    geometry = module.geometry
+    resolution = geometry.input_size if autoencoder is None else params.resolution
     expected = ((resolution, 3) if autoencoder is None else
                 (autoencoder.geometry.latent_size(resolution), autoencoder.geometry.channels))
-    if (config.input_size, config.image_channels) != expected:
-        raise GenerateError(f"{path} holds a {config.input_size}px {config.image_channels}-channel model, the params "
-                            f"give {expected[0]}px {expected[1]}-channel: pass the params.yaml it was trained with")
-    module = HandDiffusionModule(config, autoencoder=autoencoder)
-    module.load_state_dict(state["state_dict"])
-    spec = ExampleSpec(resolution, conditioning_of(config.cond_channels), params.heatmap_sigma,
-                       cond_resolution=None if config.input_size == resolution else config.input_size)
-    return HandGenerator(module.eval().to(device or default_device()), spec)
+    if (geometry.input_size, geometry.image_channels) != expected:
+        raise GenerateError(f"{path} holds a {geometry.input_size}px {geometry.image_channels}-channel model, the "
+                            f"params give {expected[0]}px {expected[1]}-channel: pass the params.yaml it was trained "
+                            f"with")
+    spec = ExampleSpec(resolution, conditioning_of(geometry.cond_channels), params.heatmap_sigma,
+                       cond_resolution=None if geometry.input_size == resolution else geometry.input_size)
+    return HandGenerator(module.to(device or default_device()), spec)
 
 
 # --- Inputs ----------------------------------------------------------------------------------------

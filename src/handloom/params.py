@@ -161,19 +161,23 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
+    """The one definition of every training setting: these defaults are params.yaml's values (a test holds them
+    equal), the Lightning module is built from this model, and its checkpoints store it."""
+
     seed: int = 0
     resolution: int = Field(64, ge=8)
     conditioning: Literal["heatmaps42", "fingers11", "annotated3"] = "heatmaps42"
     heatmap_sigma: float = Field(1.5, gt=0)
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
-    prediction: Literal["eps", "v"] = "eps"
-    beta_schedule: Literal["linear", "cosine"] = "linear"  # cosine: Nichol & Dhariwal, kinder to low resolutions
-    min_snr_gamma: float | None = Field(None, gt=0)  # Min-SNR-γ loss weighting (Hang et al., γ=5); null: plain MSE
+    prediction: Literal["eps", "v"] = "v"
+    beta_schedule: Literal["linear", "cosine"] = "cosine"  # cosine: Nichol & Dhariwal, kinder to low resolutions
+    min_snr_gamma: float | None = Field(5.0, gt=0)  # Min-SNR-γ loss weighting (Hang et al., γ=5); null: plain MSE
     diffusion_steps: int = Field(1000, ge=10)
-    batch_size: int = Field(16, ge=1)
-    max_steps: int = Field(300, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_steps: int = Field(1200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the warmup: cosine to 0 at max_steps, or flat (DiT)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(20, ge=0)
     ema_decay: float = Field(0.99, ge=0, le=1)
@@ -182,21 +186,25 @@ class TrainParams(Section):
     p_drop_pose: float = Field(0.1, ge=0, le=1)
     p_drop_both: float = Field(0.05, ge=0, le=1)
     mask_loss_weight: float = Field(0.5, ge=0)
-    hand_loss_weight: float = Field(1.0, gt=0)  # diffusion loss weight on the target's hand pixels; 1: uniform
+    hand_loss_weight: float = Field(3.0, gt=0)  # diffusion loss weight on the target's hand pixels; 1: uniform
     # Local weights only (nothing is downloaded): an AutoencoderKL directory puts the DiT in its latent
     # space, at resolution // the VAE's downscale; null trains in pixel space at `resolution`.
     vae_path: str | None = None
     # REPA's frozen encoder: a transformers Dinov2Model directory or a TorchScript file; null disables REPA.
     repa_encoder_path: str | None = None
     repa_weight: float = Field(0.5, ge=0)
+    repa_layer: int | None = Field(None, ge=1)  # the block whose tokens REPA aligns; null: depth // 3 (at least 1)
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on a GPU, else 32
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~30 % slower
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = Field(1, ge=1)
     strategy: Literal["auto", "ddp"] = "auto"
     num_workers: int = Field(0, ge=0)
-    sample_every_n_steps: int = Field(100, ge=1)
+    # Sample grids of the EMA model, drawn with evaluate's sampler (EvaluateParams.sampling).
+    sample_every_n_steps: int = Field(300, ge=1)
+    sample_count: int = Field(4, ge=1)  # rows of each grid
     log_every_n_steps: int = Field(10, ge=1)
-    checkpoint_every_n_steps: int = Field(50, ge=1)  # how much a kill -9 can cost
+    checkpoint_every_n_steps: int = Field(100, ge=1)  # how much a kill -9 can cost
 
 
 # --- evaluate / report -------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def same(a: dict, b: dict) -> bool:
 def test_a_shard_stream_survives_a_server_restart(s3_server, toy_dataset):
     shards = toy_shards(toy_dataset)
     shutil.copytree(shards, s3_server.root / "bucket" / "shards")
-    spec, n, cut = ExampleSpec(16, "fingers11"), 12, 4
+    spec, n, cut = ExampleSpec(16, "fingers11", 1.5), 12, 4
     local = list(islice(PairStream(shards, "train", spec, batch_size=3, seed=7), n))
     remote = iter(PairStream("s3://bucket/shards", "train", spec, batch_size=3, seed=7))
     streamed = list(islice(remote, cut))

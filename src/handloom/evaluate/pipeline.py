@@ -18,7 +18,7 @@ from handloom.model.vae import load_autoencoder
 from handloom.params import EvaluateParams, TrainParams
 from handloom.shards.pairs import HOLD_OUT
 from handloom.shards.reader import read_sample, to_example
-from handloom.train.fit import example_spec, load_module, train_config
+from handloom.train.fit import example_spec, load_module, model_geometry
 from handloom.train.module import HandDiffusionModule, to_uint8_image
 
 SAMPLES_FILE = "samples.npz"
@@ -138,7 +138,7 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
     autoencoder = load_autoencoder(train_p.vae_path)  # a latent model samples latents; score decoded images
     trained = load_module(models_dir, autoencoder=autoencoder)
     L.seed_everything(train_p.seed)
-    untrained = HandDiffusionModule(train_config(train_p), autoencoder=autoencoder).eval()
+    untrained = HandDiffusionModule(train_p, model_geometry(train_p), autoencoder=autoencoder).eval()
     generate = dict(p.sampling(), seed=p.seed)
     generated, baseline = trained.sample(batch, **generate), untrained.sample(batch, **generate, use_ema=False)
     images = {"reference": batch["reference"], "target": batch["target"], "generated": generated, "untrained": baseline}

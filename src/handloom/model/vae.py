@@ -68,3 +68,21 @@ def load_autoencoder(path: str | Path | None) -> LatentAutoencoder | None:
 
     vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     return LatentAutoencoder(vae.requires_grad_(False).eval())
+
+
+# Stable Diffusion 1.x's AutoencoderKL, as in the config.json of stabilityai/sd-vae-ft-mse (FoundHand's VAE): 4 latent
+# channels, 8x downscale (four encoder stages). The GPU rehearsal and the GPU check build it with random weights: they
+# need its shapes and its cost, not what it has learnt.
+SD_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                     layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                     up_block_types=("UpDecoderBlock2D",) * 4, act_fn="silu", norm_num_groups=32, sample_size=256,
+                     scaling_factor=0.18215)
+
+
+def save_random_autoencoder(path: str | Path, config: dict = SD_VAE_CONFIG, seed: int = 0) -> Path:
+    """An AutoencoderKL of `config` with seeded random weights, saved where load_autoencoder reads it."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    AutoencoderKL(**config).save_pretrained(str(path))
+    return Path(path)

@@ -34,7 +34,7 @@ class ExampleSpec:
 
     resolution: int
     conditioning: str
-    heatmap_sigma: float = 1.5
+    heatmap_sigma: float  # in pixels of the conditioning grid (train.heatmap_sigma)
     cond_resolution: int | None = None
     # FoundHand's augmentations; None turns them off. Keep them off where images come as latents encoded
     # beforehand (encode_latents): the latents would not show the crop or flip the keypoints do.

@@ -69,7 +69,7 @@ class PairStream(torch.utils.data.IterableDataset):
     seed, batch size and num_workers. Endless, so DDP ranks never wait on one another at an epoch's end.
     """
 
-    def __init__(self, shards_dir: str | Path, split: str, spec: ExampleSpec, batch_size: int, seed: int = 0,
+    def __init__(self, shards_dir: str | Path, split: str, spec: ExampleSpec, batch_size: int, seed: int,
                  rank: int = 0, start_batch: int = 0, latents: Mapping[str, np.ndarray] | None = None):
         super().__init__()
         self.root, self.spec, self.batch_size = str(shards_dir).rstrip("/"), spec, batch_size  # or s3://...

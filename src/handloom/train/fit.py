@@ -1,4 +1,4 @@
-"""The train stage: params -> TrainConfig, shards -> pair batches, a Lightning Trainer that resumes exactly."""
+"""The train stage: TrainParams -> the module, shards -> pair batches, a Lightning Trainer that resumes exactly."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,34 +22,24 @@ from handloom.shards.reader import ExampleSpec
 from handloom.shards.remote import read_parquet
 from handloom.train.data import PairStream
 from handloom.train.latents import LatentCache, open_cache
-from handloom.train.module import HandDiffusionModule, TrainConfig
+from handloom.train.module import HandDiffusionModule, ModelGeometry
 
 CHECKPOINT = "last.ckpt"
-# Fields that may change between runs without invalidating a checkpoint: resuming extends the schedule.
-RESUMABLE_CHANGES = {"max_steps", "sample_every_n_steps", "sample_steps", "sample_count"}
+# Settings that may change between runs without invalidating a checkpoint: how long, how logged, on what hardware,
+# where the weights files lie. Any other change trains a new model from scratch.
+RESUMABLE_CHANGES = {"max_steps", "sample_every_n_steps", "sample_count", "log_every_n_steps",
+                     "checkpoint_every_n_steps", "num_workers", "precision", "grad_checkpointing", "accelerator",
+                     "devices", "strategy", "vae_path", "repa_encoder_path"}
 
 
-def model_geometry(p: TrainParams) -> tuple[int, int]:
-    """(input_size, image_channels) of the DiT: pixels, or the VAE's latent grid and channels."""
+def model_geometry(p: TrainParams, repa_dim: int | None = None) -> ModelGeometry:
+    """The DiT's grid and channels: pixels, or the VAE's latent grid and channels; `repa_dim`: the REPA encoder's."""
     if p.vae_path is None:
-        return p.resolution, 3
-    geometry = vae_geometry(p.vae_path)
-    return geometry.latent_size(p.resolution), geometry.channels
-
-
-def train_config(p: TrainParams) -> TrainConfig:
-    m = p.model
-    input_size, image_channels = model_geometry(p)
-    return TrainConfig(
-        input_size=input_size, image_channels=image_channels, cond_channels=CHANNELS[p.conditioning],
-        depth=m.depth, hidden_size=m.hidden_size, num_heads=m.num_heads, patch_size=m.patch_size,
-        mlp_ratio=m.mlp_ratio, mask_head=m.mask_head, num_diffusion_steps=p.diffusion_steps, prediction=p.prediction,
-        beta_schedule=p.beta_schedule, min_snr_gamma=p.min_snr_gamma,
-        lr=p.lr, weight_decay=p.weight_decay, warmup_steps=p.warmup_steps, max_steps=p.max_steps,
-        ema_decay=p.ema_decay, p_drop_reference=p.p_drop_reference, p_drop_pose=p.p_drop_pose,
-        p_drop_both=p.p_drop_both, mask_loss_weight=p.mask_loss_weight, hand_loss_weight=p.hand_loss_weight,
-        repa_weight=p.repa_weight,
-        sample_every_n_steps=p.sample_every_n_steps, sample_seed=p.seed)
+        input_size, image_channels = p.resolution, 3
+    else:
+        geometry = vae_geometry(p.vae_path)
+        input_size, image_channels = geometry.latent_size(p.resolution), geometry.channels
+    return ModelGeometry(input_size, image_channels, CHANNELS[p.conditioning], repa_dim)
 
 
 def example_spec(p: TrainParams) -> ExampleSpec:
@@ -57,7 +47,7 @@ def example_spec(p: TrainParams) -> ExampleSpec:
 
     Augmentation applies only where an rng is passed (training), never in evaluation.
     """
-    input_size, _ = model_geometry(p)
+    input_size = model_geometry(p).input_size
     return ExampleSpec(p.resolution, p.conditioning, p.heatmap_sigma,
                        cond_resolution=input_size if input_size != p.resolution else None, augment=p.augment)
 
@@ -158,25 +148,33 @@ class FinalSamples(Callback):
     reports/train/plots/images output exists whatever max_steps and sample_every_n_steps are."""
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        step, n = trainer.global_step, module.config.sample_every_n_steps
-        if step >= trainer.max_steps and not (n and step % n == 0):
+        step, n = trainer.global_step, module.params.sample_every_n_steps
+        if step >= trainer.max_steps and step % n:
             module.log_samples(batch, step)
 
 
-def resumable_checkpoint(models_dir: Path, config: TrainConfig, fingerprint: str) -> tuple[Path | None, int]:
-    """(the last checkpoint, its global step) if trained on the same shards with the same model settings and short
-    of config.max_steps, else (None, 0) after one line saying why the run starts from scratch."""
+def resumable_checkpoint(models_dir: Path, p: TrainParams, geometry: ModelGeometry, fingerprint: str
+                         ) -> tuple[Path | None, int]:
+    """(the last checkpoint, its global step) if trained on the same shards with the same settings (but those in
+    RESUMABLE_CHANGES) and short of p.max_steps, else (None, 0) after one line saying why the run starts from
+    scratch."""
     path = models_dir / CHECKPOINT
     if not path.exists():
         return None, 0
     state = torch.load(path, map_location="cpu", weights_only=True)
-    saved, current = state["hyper_parameters"]["config"], dataclasses.asdict(config)
-    changed = sorted({k for k in current if saved.get(k) != current[k]} - RESUMABLE_CHANGES)
+    saved = state["hyper_parameters"]
+    if "train" not in saved:
+        print(f"train: not resuming {path}: saved before the train-params hparams; starting from scratch")
+        return None, 0
+    current = p.model_dump(mode="json")
+    changed = {k for k in current if saved["train"].get(k) != current[k]} - RESUMABLE_CHANGES
+    changed = sorted(changed | {f"geometry.{k}" for k, v in dataclasses.asdict(geometry).items()
+                                if saved["geometry"].get(k) != v})
     trained_on = state.get("callbacks", {}).get(TrainedOn.__qualname__, {}).get("shards")
     why = (f"{changed} changed" if changed else
            "the shards changed" if trained_on != fingerprint else
-           f"max_steps {config.max_steps} is not above its step {state['global_step']}"
-           if state["global_step"] >= config.max_steps else None)
+           f"max_steps {p.max_steps} is not above its step {state['global_step']}"
+           if state["global_step"] >= p.max_steps else None)
     if why:
         print(f"train: not resuming {path}: {why}; starting from scratch")
         return None, 0
@@ -184,8 +182,10 @@ def resumable_checkpoint(models_dir: Path, config: TrainConfig, fingerprint: str
 
 
 def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
-        latents_dir: Path | None = None) -> HandDiffusionModule:
+        latents_dir: Path | None = None, sampling: dict | None = None) -> HandDiffusionModule:
     """Train to p.max_steps, resuming from models_dir/last.ckpt when it is compatible.
+
+    `sampling` is how the sample grids sample: the stage passes evaluate's (EvaluateParams.sampling()).
 
     `latents_dir` is the encode_latents stage's cache; without one (or for another VAE) latents are
     encoded on the fly. DDP (`devices` > 1) re-runs this function in every rank's process.
@@ -193,13 +193,14 @@ def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
     from handloom.train.live import LiveLogger, rewind_live  # imported here: dvclive is for training only
 
     L.seed_everything(p.seed, workers=True)
-    config = train_config(p)
-    repa_encoder = load_repa_encoder(p.repa_encoder_path, p.resolution, config.input_size // config.patch_size)
-    if repa_encoder is not None:  # in the config, so turning REPA on or off is a new model, not a resume
-        config = dataclasses.replace(config, repa_dim=repa_encoder.embed_dim)
+    geometry = model_geometry(p)
+    repa_encoder = load_repa_encoder(p.repa_encoder_path, p.resolution, geometry.input_size // p.model.patch_size)
+    if repa_encoder is not None:  # in the geometry, so turning REPA on or off is a new model, not a resume
+        geometry = dataclasses.replace(geometry, repa_dim=repa_encoder.embed_dim)
     fingerprint = shards_fingerprint(shards_dir)
-    ckpt, step = resumable_checkpoint(models_dir, config, fingerprint)
-    module = HandDiffusionModule(config, repa_encoder=repa_encoder, autoencoder=load_autoencoder(p.vae_path))
+    ckpt, step = resumable_checkpoint(models_dir, p, geometry, fingerprint)
+    module = HandDiffusionModule(p, geometry, sampling, repa_encoder=repa_encoder,
+                                 autoencoder=load_autoencoder(p.vae_path))
     logger = LiveLogger(dir=str(log_dir), resume=ckpt is not None, save_dvc_exp=False, dvcyaml=False, report=None)
     # No version counter: a run that starts afresh overwrites last.ckpt instead of adding last-v1.ckpt, ...
     # to the persisted directory.
@@ -223,6 +224,4 @@ def load_module(models_dir: Path, map_location: str = "cpu", autoencoder=None) -
     A latent-space model needs its `autoencoder` (model.vae.load_autoencoder(p.vae_path)) to sample images.
     """
     state = torch.load(Path(models_dir) / CHECKPOINT, map_location=map_location, weights_only=True)
-    module = HandDiffusionModule(state["hyper_parameters"]["config"], autoencoder=autoencoder)
-    module.load_state_dict(state["state_dict"])
-    return module.eval()
+    return HandDiffusionModule.from_checkpoint(state, autoencoder)

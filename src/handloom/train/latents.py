@@ -14,7 +14,7 @@ from handloom import schema
 from handloom.io import atomic_path, read_table, write_json, write_table
 from handloom.model.vae import load_autoencoder
 from handloom.params import TrainParams
-from handloom.shards.reader import ExampleSpec, image_tensor, iter_samples, min_decode_side
+from handloom.shards.reader import image_tensor, iter_samples
 
 LATENTS_FILE = "latents.npy"    # float32 (N, C, h, w), row i is keys.parquet's row i
 KEYS_FILE = "keys.parquet"      # KEYS
@@ -45,7 +45,7 @@ def train_samples(shards_dir: Path, resolution: int) -> tuple[list[str], Iterato
     """The train split's keys in tar order, and its samples in the same order, decoded as the loader decodes."""
     index = read_table(shards_dir / schema.INDEX_FILE).to_pandas()
     index = index[index.split == SPLIT].sort_values(["shard", "offset"])
-    min_side = min_decode_side(ExampleSpec(resolution, "heatmaps42"))  # unaugmented, as cached latents must be
+    min_side = resolution  # min_decode_side of an unaugmented spec: cached latents are of the uncropped image
     samples = (s for shard in index.shard.unique() for s in iter_samples(shards_dir, shard, min_side=min_side))
     return index.key.tolist(), samples
 

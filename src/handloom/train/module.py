@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -14,54 +15,21 @@ import torch.nn.functional as F
 
 from handloom.model.diffusion import GaussianDiffusion
 from handloom.model.dit import DiT
+from handloom.params import EvaluateParams, TrainParams
 
 # Frozen helpers passed in from outside: never trained, never saved (their weights are files the user points to).
 FROZEN = ("repa_encoder", "autoencoder")
 
 
-@dataclass
-class TrainConfig:
-    """Everything the module needs; params.py maps params.yaml's `train` section onto it."""
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What the DiT's shape takes from files rather than from params: the image grid and channels (pixels, or the
+    VAE's latents), the conditioning's channel count, and the REPA encoder's feature width (None: no REPA)."""
 
-    # Model (dit.dit_size("DiT-XL/2") gives the table's depth/hidden_size/num_heads/patch_size).
-    input_size: int = 64            # pixels, or latent size when an autoencoder is given
-    image_channels: int = 3         # 3 for pixels, the autoencoder's latent channels otherwise
-    cond_channels: int = 43         # heatmaps42 + mask; fingers11: 11; annotated3: 3
-    depth: int = 4
-    hidden_size: int = 128
-    num_heads: int = 4
-    patch_size: int = 4
-    mlp_ratio: float = 4.0
-    mask_head: bool = True
-    grad_checkpointing: bool = False
-    # Diffusion.
-    num_diffusion_steps: int = 1000
-    beta_schedule: str = "linear"
-    prediction: str = "eps"
-    min_snr_gamma: float | None = None  # Min-SNR-γ loss weighting; None: plain MSE
-    # Optimisation (gradient clipping is the Trainer's gradient_clip_val).
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 500
-    max_steps: int = 100_000
-    ema_decay: float = 0.9999
-    # Condition dropout, drawn as exclusive events: reference only, pose only, both.
-    p_drop_reference: float = 0.05
-    p_drop_pose: float = 0.05
-    p_drop_both: float = 0.05
-    # Auxiliary losses.
-    mask_loss_weight: float = 0.5   # λ, Pelykh
-    hand_loss_weight: float = 1.0   # the diffusion loss's weight on target-mask pixels (1: uniform)
-    repa_weight: float = 0.5
-    repa_layer: int | None = None   # defaults to depth // 3 when a REPA encoder is given
-    repa_dim: int | None = None     # defaults to the encoder's `embed_dim`
-    # Samples logged during training (0 disables).
-    sample_every_n_steps: int = 0
-    sample_steps: int = 50
-    sample_count: int = 4
-    appearance_scale: float = 2.0
-    pose_scale: float = 2.0
-    sample_seed: int = 0
+    input_size: int
+    image_channels: int
+    cond_channels: int
+    repa_dim: int | None
 
 
 def draw_condition_dropout(n: int, p_reference: float, p_pose: float, p_both: float, device=None,
@@ -86,6 +54,15 @@ def warmup_cosine(warmup_steps: int, max_steps: int):
         progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
         return 0.5 * (1 + math.cos(math.pi * progress))
     return multiplier
+
+
+def warmup_constant(warmup_steps: int):
+    """LR multiplier: linear from 0 over the warmup, then 1 (DiT trains at a constant rate)."""
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def lr_multiplier(schedule: Literal["cosine", "constant"], warmup_steps: int, max_steps: int):
+    return warmup_cosine(warmup_steps, max_steps) if schedule == "cosine" else warmup_constant(warmup_steps)
 
 
 def repa_loss(tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -122,45 +99,63 @@ def sample_grid(batch: dict, generated: torch.Tensor) -> np.ndarray:
 class HandDiffusionModule(L.LightningModule):
     """Trains DiT to denoise the target given the reference, both conditionings and the pair flag.
 
+    Built from TrainParams alone (no defaults of its own) plus the ModelGeometry the files decide.
+
     `repa_encoder`: frozen nn.Module mapping target images in [-1, 1] to (N, T', D) features (REPA).
     `autoencoder`: frozen nn.Module with encode(images) -> latents and decode(latents) -> images;
     None trains in pixel space. Batches may carry `reference_latent` / `target_latent` (the latent
     cache): those are used instead of encoding. Neither helper is saved in checkpoints.
     """
 
-    def __init__(self, config: TrainConfig | dict, repa_encoder: nn.Module | None = None,
-                 autoencoder: nn.Module | None = None):
+    def __init__(self, train: TrainParams | dict, geometry: ModelGeometry | dict, sampling: dict | None = None,
+                 repa_encoder: nn.Module | None = None, autoencoder: nn.Module | None = None):
+        """`train`: params.yaml's train section, the only source of settings; `geometry`: see ModelGeometry.
+        `sampling`: how the training grids sample (EvaluateParams.sampling(), so they look like evaluate's
+        samples; EvaluateParams' defaults when None); logging only, so not saved."""
         super().__init__()
-        config = TrainConfig(**config) if isinstance(config, dict) else config
-        self.config = config
-        # A plain dict, so checkpoints load with weights_only=True and load_from_checkpoint rebuilds the config.
-        self.save_hyperparameters({"config": dataclasses.asdict(config)})
+        self.params = TrainParams.model_validate(train)
+        geometry = ModelGeometry(**geometry) if isinstance(geometry, dict) else geometry
+        if repa_encoder is not None and geometry.repa_dim is None:  # the encoder decides the projector's width
+            geometry = dataclasses.replace(geometry, repa_dim=repa_encoder.embed_dim)
+        self.geometry = geometry
+        self.sampling = sampling if sampling is not None else EvaluateParams().sampling()
+        # Plain dicts, so checkpoints load with weights_only=True and load_from_checkpoint rebuilds the module.
+        self.save_hyperparameters({"train": self.params.model_dump(mode="json"),
+                                   "geometry": dataclasses.asdict(self.geometry)})
         self.repa_encoder, self.autoencoder = repa_encoder, autoencoder
         for frozen in (repa_encoder, autoencoder):
             if frozen is not None:
                 frozen.requires_grad_(False).eval()
-        self.model = self.build_model(config, repa_encoder)
+        self.model = self.build_model(self.params, self.geometry)
         # EMA is a frozen copy inside the module: it is in state_dict (so checkpoints and exact resume
         # carry it), follows the module across devices, and DDP ignores it (no grads). Our own update
         # rather than swa_utils.AveragedModel: no wrapper prefix in keys, no n_averaged bookkeeping,
         # and one fused _foreach_lerp_ per step.
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.diffusion = GaussianDiffusion(config.num_diffusion_steps, config.beta_schedule, config.prediction,
-                                           config.min_snr_gamma)
+        p = self.params
+        self.diffusion = GaussianDiffusion(p.diffusion_steps, p.beta_schedule, p.prediction, p.min_snr_gamma)
         self._step_batch: dict | None = None  # the step's last batch, for its sample grid
         self.generator: torch.Generator | None = None  # made in on_train_start
         self._resumed_generator_states = None
         self.register_load_state_dict_post_hook(self._ignore_missing_frozen)
 
+    @classmethod
+    def from_checkpoint(cls, state: dict, autoencoder: nn.Module | None = None) -> "HandDiffusionModule":
+        """The module a checkpoint (torch.load(..., weights_only=True)) holds, in eval mode, built from its hparams."""
+        hparams = state["hyper_parameters"]
+        if "train" not in hparams:
+            raise ValueError("the checkpoint predates the train-params hparams (it holds `config`): retrain it")
+        module = cls(hparams["train"], hparams["geometry"], autoencoder=autoencoder)
+        module.load_state_dict(state["state_dict"])
+        return module.eval()
+
     @staticmethod
-    def build_model(config: TrainConfig, repa_encoder: nn.Module | None) -> DiT:
-        # A config that names repa_dim builds the projector without the encoder, so a REPA-trained
-        # checkpoint loads for sampling with no encoder around.
-        repa_dim = config.repa_dim or (repa_encoder.embed_dim if repa_encoder is not None else None)
-        repa_layer = (config.repa_layer or max(1, config.depth // 3)) if repa_dim else None
-        return DiT(config.input_size, config.patch_size, config.image_channels, config.cond_channels,
-                   config.hidden_size, config.depth, config.num_heads, config.mlp_ratio, config.mask_head,
-                   repa_layer, repa_dim, config.grad_checkpointing)
+    def build_model(p: TrainParams, geometry: ModelGeometry) -> DiT:
+        # The geometry carries repa_dim, so a REPA-trained checkpoint loads for sampling with no encoder around.
+        m, g = p.model, geometry
+        repa_layer = (p.repa_layer or max(1, m.depth // 3)) if g.repa_dim else None
+        return DiT(g.input_size, m.patch_size, g.image_channels, g.cond_channels, m.hidden_size, m.depth,
+                   m.num_heads, m.mlp_ratio, m.mask_head, repa_layer, g.repa_dim, p.grad_checkpointing)
 
     # --- frozen helpers: kept in eval mode, kept out of checkpoints --------------------------------
     def train(self, mode: bool = True):
@@ -221,7 +216,7 @@ class HandDiffusionModule(L.LightningModule):
     # --- training ---------------------------------------------------------------------------------
     def losses(self, batch: dict, drop: bool, generator: torch.Generator | None = None) -> dict:
         """Each loss term and their weighted sum under "loss"; `drop` applies condition dropout."""
-        c = self.config
+        c = self.params
         N = batch["target"].shape[0]
         drop_reference, drop_pose = (draw_condition_dropout(N, c.p_drop_reference, c.p_drop_pose, c.p_drop_both,
                                                             self.device, generator) if drop else (None, None))
@@ -252,7 +247,7 @@ class HandDiffusionModule(L.LightningModule):
         The best prediction stays the same; short runs just spend more of their gradient on the hand,
         the part the hand metrics read.
         """
-        w = self.config.hand_loss_weight
+        w = self.params.hand_loss_weight
         if w == 1.0:
             return None
         return 1 + (w - 1) * F.interpolate(mask.float(), size=x0.shape[-2:], mode="area")
@@ -275,9 +270,10 @@ class HandDiffusionModule(L.LightningModule):
         self.log_dict({names[k]: v for k, v in losses.items()}, sync_dist=sync)
 
     def configure_optimizers(self):
-        c = self.config
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(c.warmup_steps, c.max_steps))
+        p = self.params
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      lr_multiplier(p.lr_schedule, p.warmup_steps, p.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -287,8 +283,7 @@ class HandDiffusionModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.update_ema()
         step = self.global_step + 1  # Lightning counts the step once this hook returns
-        n = self.config.sample_every_n_steps
-        if n and step % n == 0:
+        if step % self.params.sample_every_n_steps == 0:
             self.log_samples(self._step_batch, step)
         self._step_batch = None
 
@@ -296,7 +291,7 @@ class HandDiffusionModule(L.LightningModule):
     def update_ema(self) -> None:
         # Warm the decay up (timm/Karras) so short CPU runs still get a useful average.
         step = self.global_step
-        decay = min(self.config.ema_decay, (1 + step) / (10 + step))
+        decay = min(self.params.ema_decay, (1 + step) / (10 + step))
         ema, model = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema, model, 1 - decay)
 
@@ -324,7 +319,6 @@ class HandDiffusionModule(L.LightningModule):
         log_image = getattr(getattr(self.logger, "experiment", None), "log_image", None)
         if log_image is None or not self.trainer.is_global_zero:
             return
-        c = self.config
-        batch = {k: v[: c.sample_count] for k, v in batch.items()}
-        generated = self.sample(batch, c.sample_steps, c.appearance_scale, c.pose_scale, c.sample_seed)
+        batch = {k: v[: self.params.sample_count] for k, v in batch.items()}
+        generated = self.sample(batch, **self.sampling, seed=self.params.seed)
         log_image(f"samples/{step}.png", sample_grid(batch, generated))
