@@ -211,7 +211,8 @@ def iter_sequences(ingest_dir: Path, annotate_dir: Path, p: ShardParams, rejects
         if group and sid != group_id:
             yield group
             group = []
-        group, group_id = group + [sample], sid
+        group.append(sample)
+        group_id = sid
     if group:
         yield group
 
