@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from handloom.cpu import pin_cpu_dispatch
+from handloom.errors import run_entry_point
 from handloom.params import stage_args, stage_params
 
 
@@ -19,4 +20,5 @@ def main(dataset: str) -> None:
 
 
 if __name__ == "__main__":
-    main(stage_args(__doc__, ("dataset", "a key under `ingest:` in params.yaml, e.g. synthetic")).dataset)
+    args = stage_args(__doc__, ("dataset", "a key under `ingest:` in params.yaml, e.g. synthetic"))
+    run_entry_point(main, args.dataset)

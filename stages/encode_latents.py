@@ -5,6 +5,7 @@ importing torch, so the default pipeline pays nothing for it.
 """
 from pathlib import Path
 
+from handloom.errors import run_entry_point
 from handloom.io import remove_torn_writes, write_json
 from handloom.params import stage_args, stage_params
 
@@ -24,4 +25,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     stage_args(__doc__)
-    main()
+    run_entry_point(main)

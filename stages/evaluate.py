@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+from handloom.errors import run_entry_point
 from handloom.evaluate.pipeline import NoHeldOutPairs, evaluate
 from handloom.io import remove_torn_writes, write_json
 from handloom.params import stage_args, stage_params
@@ -22,4 +23,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     stage_args(__doc__)
-    main()
+    run_entry_point(main)

@@ -1,6 +1,7 @@
 """DVC stage report: metrics, samples and generate examples -> reports/report.md and reports/figures/*.png."""
 from pathlib import Path
 
+from handloom.errors import run_entry_point
 from handloom.params import stage_args, stage_params
 from handloom.report.build import build_report
 
@@ -13,4 +14,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     stage_args(__doc__)
-    main()
+    run_entry_point(main)

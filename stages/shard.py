@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from handloom.cpu import pin_cpu_dispatch
+from handloom.errors import run_entry_point
 from handloom.params import stage_args, stage_params
 
 
@@ -17,4 +18,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     stage_args(__doc__)
-    main()
+    run_entry_point(main)

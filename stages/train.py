@@ -1,6 +1,7 @@
 """DVC stage train: data/shards (+ data/latents) -> data/models/last.ckpt, persisted and resumed; DVCLive logs."""
 from pathlib import Path
 
+from handloom.errors import run_entry_point
 from handloom.params import stage_args, stage_params
 from handloom.train.fit import fit
 
@@ -14,4 +15,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     stage_args(__doc__)
-    main()
+    run_entry_point(main)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from handloom.params import Params, ParamsError, load_params
+from handloom.errors import DEBUG_FLAG, debug_requested, exit_code
+from handloom.params import MAX_IMAGE_SIDE, Params, load_params
 
 DEFAULT_CHECKPOINT = Path("data/models/last.ckpt")  # the train stage's output (DVC artifact hand-dit)
 DEFAULT_PARAMS = Path("params.yaml")
@@ -18,6 +20,44 @@ def size_pair(text: str) -> tuple[int, int]:
         return int(a), int(b)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two integers like 512x768, got {text!r}") from None
+
+
+def int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high]; argparse reports anything else as `error: ...`, exit 2."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+    return parse
+
+
+def finite_float(low: float = 0.0):
+    """An argparse type: a finite number >= low (an infinite guidance scale gives a black image)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {low}, got {text}")
+        return value
+    return parse
+
+
+SEED = int_in(0, 2**63 - 1)
+SIDE = int_in(1, MAX_IMAGE_SIDE)
+COUNT = int_in(1, 10_000)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as the rest of handloom reports bad input: one line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def add_generate(commands) -> None:
@@ -39,11 +79,11 @@ def add_generate(commands) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--params", type=Path, help="params.yaml the checkpoint was trained with (default ./params.yaml "
                    "if present): train.heatmap_sigma and train.vae_path; sampling defaults from evaluate")
-    p.add_argument("--steps", type=int, help="DDIM steps (default evaluate.sample_steps)")
-    p.add_argument("--appearance-scale", type=float, help="guidance on the reference (default evaluate's)")
-    p.add_argument("--pose-scale", type=float, help="guidance on the target pose (default evaluate's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, help="upscale the output to SIZE x SIZE (default: the model's resolution)")
+    p.add_argument("--steps", type=COUNT, help="DDIM steps (default evaluate.sample_steps)")
+    p.add_argument("--appearance-scale", type=finite_float(), help="guidance on the reference (default evaluate's)")
+    p.add_argument("--pose-scale", type=finite_float(), help="guidance on the target pose (default evaluate's)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--size", type=SIDE, help="upscale the output to SIZE x SIZE (default: the model's resolution)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.set_defaults(run=run_generate)
 
@@ -57,13 +97,13 @@ def add_outpaint(commands) -> None:
     p.add_argument("--pipeline", type=Path, required=True, help="inpainting pipeline folder (save_pretrained layout)")
     p.add_argument("--canvas", type=size_pair, required=True, help="WIDTHxHEIGHT of the result")
     p.add_argument("--at", type=size_pair, help="X,Y of the hand's top-left corner (default: centred)")
-    p.add_argument("--hand-size", type=int, help="resize the hand crop to this side first")
+    p.add_argument("--hand-size", type=SIDE, help="resize the hand crop to this side first")
     p.add_argument("--prompt", default="a photo of a person")
     p.add_argument("--negative-prompt")
-    p.add_argument("--passes", type=int, default=3, help="mask expansion steps")
-    p.add_argument("--steps", type=int, default=30, help="denoising steps per pass")
-    p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--passes", type=COUNT, default=3, help="mask expansion steps")
+    p.add_argument("--steps", type=COUNT, default=30, help="denoising steps per pass")
+    p.add_argument("--guidance-scale", type=finite_float(), default=7.5)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(run=run_outpaint)
@@ -75,7 +115,7 @@ def sampling_options(args, evaluate) -> dict:
     return dict(evaluate.sampling(), size=args.size, **{k: v for k, v in flags.items() if v is not None})
 
 
-def failed(error: Exception) -> int:
+def failed(error: Exception | str) -> int:
     """Bad input, not a bug: one line and exit code 2, as the stage scripts do for bad params."""
     print(f"error: {error}", file=sys.stderr)
     return 2
@@ -84,10 +124,7 @@ def failed(error: Exception) -> int:
 def run_generate(args) -> int:
     from handloom import generate as g  # imported here: torch and Lightning cost seconds that --help should not
 
-    try:
-        return generate_command(args, g)
-    except g.GenerateError as e:
-        return failed(e)
+    return generate_command(args, g)
 
 
 def generate_command(args, g) -> int:
@@ -97,6 +134,10 @@ def generate_command(args, g) -> int:
     if batch and (args.reference_keypoints or args.reference_mask):
         raise g.GenerateError("--reference-keypoints and --reference-mask are for one reference; a --pairs list "
                               "has a reference_keypoints column")
+    if batch and args.out.exists() and not args.out.is_dir():
+        raise g.GenerateError(f"--out {args.out} is a file; a batch writes into a folder")
+    if not batch and args.out.is_dir():
+        raise g.GenerateError(f"--out {args.out} is a folder; one pair writes one .png file")
     params_path = args.params or (DEFAULT_PARAMS if DEFAULT_PARAMS.exists() else None)
     params = load_params(params_path) if params_path else Params()
     model = g.load_generator(args.checkpoint, params.train, args.device)
@@ -121,15 +162,15 @@ def run_outpaint(args) -> int:
     import cv2
     import torch
 
-    from handloom.io import decode_image, encode_png, write_bytes
+    from handloom.io import encode_png, read_image_file, write_bytes
     from handloom.outpaint import PlacementError, load_inpainting, outpaint, place_hand
 
-    hand = decode_image(args.hand.read_bytes())
-    if hand is None:
-        return failed(f"cannot read image {args.hand}")
+    width, height = args.canvas
+    if min(width, height) < 1 or max(width, height) > MAX_IMAGE_SIDE:
+        return failed(f"--canvas must be between 1x1 and {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}, got {width}x{height}")
+    hand = read_image_file(args.hand).pixels
     if args.hand_size:
         hand = cv2.resize(hand, (args.hand_size,) * 2, interpolation=cv2.INTER_CUBIC)
-    width, height = args.canvas
     at = args.at or ((width - hand.shape[1]) // 2, (height - hand.shape[0]) // 2)
     try:
         place_hand(hand, args.canvas, at)  # before loading gigabytes of pipeline
@@ -144,15 +185,18 @@ def run_outpaint(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="handloom", description=__doc__)
-    commands = parser.add_subparsers(required=True, metavar="command")
+    """Bad input (UserError, a missing file) is one line `error: ...` and exit code 2; anything else is a bug:
+    one line and exit code 1, its traceback with --debug or HANDLOOM_DEBUG=1."""
+    parser = Parser(prog="handloom", description=__doc__)
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an unexpected error")
+    commands = parser.add_subparsers(required=True, metavar="command", parser_class=Parser)
     add_generate(commands)
     add_outpaint(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ParamsError, FileNotFoundError) as e:
-        return failed(e)
+    except Exception as e:  # noqa: BLE001 - the command's one exit point for every error
+        return exit_code(e, args.debug or debug_requested([]))
 
 
 if __name__ == "__main__":

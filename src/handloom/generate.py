@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,12 @@ import torch
 from tqdm import tqdm
 
 from handloom import schema
-from handloom.annotate.keypoints import make_detector
+from handloom.annotate.keypoints import detect_all, make_detector
 from handloom.annotate.masks import dilate, skeleton_mask
-from handloom.annotate.keypoints import detect_all
-from handloom.io import decode_image, encode_png, write_bytes
+from handloom.errors import UserError
+from handloom.io import ImageError, encode_png, read_image_file, write_bytes
 from handloom.model.vae import load_autoencoder
-from handloom.params import EvaluateParams, TrainParams
+from handloom.params import MAX_IMAGE_SIDE, EvaluateParams, TrainParams
 from handloom.shards.conditioning import CHANNELS
 from handloom.shards.reader import ExampleSpec, to_example
 from handloom.train.module import HandDiffusionModule, to_uint8_image
@@ -37,7 +38,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SAMPLING = EvaluateParams()
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError, ValueError):
     """A bad input (file, keypoints, checkpoint): the CLI prints it and exits 2, without a traceback."""
 
 
@@ -80,12 +81,14 @@ def load_generator(checkpoint: str | Path, params: TrainParams | None = None, de
     path, params = Path(checkpoint), params or TrainParams()
     if not path.is_file():
         raise GenerateError(f"no checkpoint at {path}: run `dvc repro train` or pass --checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)  # a checkpoint is data, not code
+    state = read_checkpoint(path)
     autoencoder = load_autoencoder(params.vae_path)
     try:
         module = HandDiffusionModule.from_checkpoint(state, autoencoder)
-    except ValueError as e:
-        raise GenerateError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:  # hyper-parameters this handloom cannot build (unknown keys)
+        raise GenerateError(f"{path}: its hyper-parameters do not fit this handloom: {one_line(e)}") from None
+    except RuntimeError as e:  # weights of another architecture than its hyper-parameters say
+        raise GenerateError(f"{path}: its weights do not match its hyper-parameters: {one_line(e)}") from None
     geometry = module.geometry
     resolution = geometry.input_size if autoencoder is None else params.resolution
     expected = ((resolution, 3) if autoencoder is None else
@@ -96,7 +99,27 @@ def load_generator(checkpoint: str | Path, params: TrainParams | None = None, de
                             f"with")
     spec = ExampleSpec(resolution, conditioning_of(geometry.cond_channels), params.heatmap_sigma,
                        cond_resolution=None if geometry.input_size == resolution else geometry.input_size)
-    return HandGenerator(module.to(device or default_device()), spec)
+    try:
+        module = module.to(device or default_device())
+    except (RuntimeError, ValueError) as e:
+        raise GenerateError(f"device {device!r}: {e}") from None
+    return HandGenerator(module, spec)
+
+
+def one_line(error: Exception, limit: int = 300) -> str:
+    return " ".join(str(error).split())[:limit]
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint's contents, loaded as data (weights_only: a checkpoint never runs code); a file
+    that is empty, truncated, not a checkpoint or without the train stage's hyper-parameters is a GenerateError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises EOFError, RuntimeError, UnpicklingError, ... per way of breaking
+        raise GenerateError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("hyper_parameters"), dict):
+        raise GenerateError(f"{path}: a checkpoint without the train stage's hyper-parameters")
+    return state
 
 
 # --- Inputs ----------------------------------------------------------------------------------------
@@ -121,14 +144,20 @@ def square_of(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | Path, gray: bool = False) -> np.ndarray:
-    image = decode_image(Path(path).read_bytes(), gray=gray)
-    if image is None:
-        raise GenerateError(f"cannot read image {path}")
-    return image
+    """The project's one reader of outside images (io.read_image_file: EXIF orientation applied, 16-bit scaled,
+    alpha over black), as RGB or gray."""
+    try:
+        image = read_image_file(path).pixels
+    except ImageError as e:
+        raise GenerateError(f"cannot read image {path}: {e}") from None
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if gray else image
 
 
 def checked_keypoints(keypoints, source: str) -> np.ndarray:
-    k = np.asarray(keypoints, np.float32)
+    try:
+        k = np.asarray(keypoints, np.float32)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise GenerateError(f"{source}: keypoints must be numbers: {e}") from None
     if k.shape != (schema.NUM_KEYPOINTS, 3):
         raise GenerateError(f"{source}: keypoints must be {schema.NUM_KEYPOINTS}x3 (schema.py's layout), got {k.shape}")
     if not np.all(np.isfinite(k)) or not np.any(k[:, 2] > 0):
@@ -144,12 +173,21 @@ def read_keypoints(path: str | Path) -> tuple[np.ndarray, tuple[int, int] | None
         raise GenerateError(f"{path}: keypoints must be a .npy or .json file")
     try:
         data = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else json.loads(path.read_text())
-    except ValueError as e:  # a corrupt .npy, or not JSON
+    except (ValueError, OSError, EOFError) as e:  # a corrupt .npy, not JSON, not UTF-8, a folder
         raise GenerateError(f"{path}: {e}") from None
     if not isinstance(data, dict):
         return checked_keypoints(data, str(path)), None
-    size = (int(data["width"]), int(data["height"])) if "width" in data and "height" in data else None
+    size = frame_size(data, path) if "width" in data or "height" in data else None
     return checked_keypoints(data.get("keypoints"), str(path)), size
+
+
+def frame_size(data: dict, path: Path) -> tuple[int, int]:
+    """(width, height) a keypoint file declares: whole numbers of pixels, at least 1 and at most MAX_IMAGE_SIDE."""
+    size = data.get("width"), data.get("height")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE for v in size):
+        raise GenerateError(f"{path}: width and height must be whole numbers in [1, {MAX_IMAGE_SIDE}], got "
+                            f"{size[0]!r} x {size[1]!r}")
+    return size
 
 
 def detect_in_square(square: np.ndarray, detector, what: str) -> np.ndarray:
@@ -200,6 +238,9 @@ def generate(reference: str | Path | np.ndarray, target_keypoints: np.ndarray, m
     """
     if mode not in MODES:
         raise GenerateError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 1 <= steps <= model.module.diffusion.num_steps:
+        raise GenerateError(f"steps must be in [1, {model.module.diffusion.num_steps}] (the model's diffusion "
+                            f"steps), got {steps}")
     what = "reference image" + (f" {reference}" if isinstance(reference, (str, Path)) else "")
     image = read_image(reference) if isinstance(reference, (str, Path)) else reference
     h, w = image.shape[:2]
@@ -264,30 +305,66 @@ def folder_pairs(references: Path, target: Path, out_dir: Path, mode: str = "pos
             raise GenerateError(f"no target named {reference.stem}.* in {target} for {reference}")
         return matches[0]
 
-    return [Pair(r, target_of(r), out_dir / f"{r.stem}.png", mode, seed) for r in images_in(references)]
+    pairs = [Pair(r, target_of(r), out_dir / f"{r.stem}.png", mode, seed) for r in images_in(references)]
+    return checked_outputs(pairs, [f"reference {pair.reference.name}" for pair in pairs], out_dir)
 
 
 def parquet_pairs(path: Path, out_dir: Path, mode: str = "pose", seed: int = 0) -> list[Pair]:
     """Rows of a Parquet list of pairs: `reference` and `target` paths, optionally `mode`, `seed`,
-    `reference_keypoints` and `output` (a file name in out_dir). Relative paths are from the list's folder."""
-    table = pd.read_parquet(path)
+    `reference_keypoints` and `output` (a .png file name inside out_dir). Relative paths are from the list's folder.
+    A row that cannot be generated as written is refused by its number before any pair is generated."""
+    try:
+        table = pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a file that is no table
+        raise GenerateError(f"{path}: not a Parquet table of pairs ({type(e).__name__}: {e})") from None
     missing = {"reference", "target"} - set(table.columns)
     if missing:
         raise GenerateError(f"{path}: missing column(s) {sorted(missing)}")
+    pairs = [pair_of_row(row, i, path, out_dir, mode, seed) for i, row in enumerate(table.to_dict("records"))]
+    return checked_outputs(pairs, [f"row {i}" for i in range(len(pairs))], out_dir)
 
-    def cell(row: dict, column: str, default=None):
+
+def pair_of_row(row: dict, i: int, path: Path, out_dir: Path, mode: str, seed: int) -> Pair:
+    def cell(column: str, default=None):
         value = row.get(column)
-        return default if value is None or pd.isna(value) else value
+        return default if value is None or (np.ndim(value) == 0 and pd.isna(value)) else value
 
-    def resolve(value) -> Path | None:
-        return None if value is None else path.parent / str(value)  # an absolute path stays as it is
+    def file(column: str, required: bool = False) -> Path | None:
+        value = cell(column)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise GenerateError(f"{path}: row {i}: {column} must be a file path, got {value!r}")
+        return path.parent / value  # an absolute path stays as it is
 
-    pairs = []
-    for i, row in enumerate(table.to_dict("records")):
-        reference, row_mode = resolve(row["reference"]), cell(row, "mode", mode)
-        output = out_dir / cell(row, "output", f"{i:05d}-{reference.stem}-{row_mode}.png")
-        pairs.append(Pair(reference, resolve(row["target"]), output, row_mode, int(cell(row, "seed", seed)),
-                          resolve(cell(row, "reference_keypoints"))))
+    reference, row_mode, row_seed = file("reference", True), cell("mode", mode), cell("seed", seed)
+    if not isinstance(row_mode, str) or row_mode not in MODES:
+        raise GenerateError(f"{path}: row {i}: mode must be one of {MODES}, got {row_mode!r}")
+    if isinstance(row_seed, float) and row_seed.is_integer():
+        row_seed = int(row_seed)  # pandas stores an integer column with a null as float
+    if not isinstance(row_seed, (int, np.integer)) or isinstance(row_seed, bool) or not 0 <= row_seed < 2**63:
+        raise GenerateError(f"{path}: row {i}: seed must be a whole number in [0, 2**63), got {row_seed!r}")
+    output = cell("output", f"{i:05d}-{reference.stem}-{row_mode}.png")
+    if not isinstance(output, str):
+        raise GenerateError(f"{path}: row {i}: output must be a file name, got {output!r}")
+    return Pair(reference, file("target", True), out_dir / output, row_mode, int(row_seed),
+                file("reference_keypoints"))
+
+
+def checked_outputs(pairs: list[Pair], names: list[str], out_dir: Path) -> list[Pair]:
+    """The pairs, once every output is a .png inside out_dir and no two write one file; else a GenerateError naming
+    the rows. Two rows writing one file would leave only the last one's image, without a word."""
+    top, written = Path(os.path.abspath(out_dir)), {}
+    for pair, name in zip(pairs, names):
+        output = Path(os.path.abspath(pair.output))
+        if top not in output.parents:
+            raise GenerateError(f"{name}: output {pair.output} is outside --out {out_dir}")
+        if output.suffix.lower() != ".png":
+            raise GenerateError(f"{name}: output {output.name!r} must be a .png file (PNG is what is written)")
+        same = os.path.normcase(output)
+        if same in written:
+            raise GenerateError(f"{written[same]} and {name} both write {output.relative_to(top)}")
+        written[same] = name
     return pairs
 
 

@@ -1,4 +1,5 @@
-"""Atomic, deterministic file writes and the image codecs every stage shares."""
+"""Atomic, deterministic file writes, the image codecs every stage shares, and the one reader of images that come
+from outside the pipeline (dataset files, the CLI's inputs)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,10 +7,13 @@ import io
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
+import warnings
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +22,11 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+
+from handloom.errors import UserError
+
+Image.MAX_IMAGE_PIXELS = 200_000_000  # real photos stay far below; a decompression bomb does not
 
 
 @contextmanager
@@ -46,6 +55,29 @@ def remove_torn_writes(path: str | Path) -> None:
     root, pattern = (path, "**/.*.tmp") if path.is_dir() else (path.parent, f".{path.name}.*.tmp")
     for tmp in root.glob(pattern):
         tmp.unlink(missing_ok=True)
+
+
+def replace_dir(staging: str | Path, target: str | Path) -> None:
+    """Put a finished `staging` folder where `target` is, as one set: a reader sees the old folder or the new one,
+    never old files beside new ones. A kill between the two renames leaves no target (the stage reruns) and a
+    `.<name>.old` that the next call removes."""
+    staging, target = Path(staging), Path(target)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def staging_dir(target: str | Path) -> Path:
+    """An empty folder beside `target` to build its next contents in (what a killed run left there is dropped)."""
+    target = Path(target)
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(target.with_name(f".{target.name}.old"), ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -224,3 +256,95 @@ def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     version = np.lib.format.read_magic(f)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     return read(f)
+
+
+# --- Images from outside the pipeline ------------------------------------------------------------------
+# The policy (README "Bad input"): pixels are read as a viewer shows them, since that is what an annotator
+# saw. EXIF orientation is applied; 16-bit channels keep their high byte (Pillow's own rule for 16-bit colour PNGs,
+# applied to 16-bit gray too, which Pillow would clip to white); transparent pixels are composited over black, the
+# colour crops pad with; floating-point and 32-bit pixels are refused. Truncated files are refused (PIL raises where
+# OpenCV would return the image half grey without a word).
+class ImageError(UserError, ValueError):
+    """Bytes that are no image this project reads; the message says why."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An external image's RGB uint8 pixels in the displayed frame, and how they were stored."""
+
+    pixels: np.ndarray                # (H, W, 3) uint8, EXIF orientation applied
+    orientation: int = 1              # the EXIF Orientation tag applied (1: stored as displayed)
+    stored_size: tuple[int, int] = (0, 0)  # (width, height) of the stored pixels, before the orientation
+    alpha: bool = False               # an alpha channel was composited over black
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    def from_stored(self, xy) -> np.ndarray:
+        """Points in stored-frame pixels -> the displayed frame's (pixel centres at integers, as augment.flip)."""
+        xy = np.asarray(xy, np.float64)
+        x, y = xy[..., 0], xy[..., 1]
+        w, h = self.stored_size[0] - 1, self.stored_size[1] - 1
+        moved = {1: (x, y), 2: (w - x, y), 3: (w - x, h - y), 4: (x, h - y),
+                 5: (y, x), 6: (h - y, x), 7: (h - y, w - x), 8: (y, w - x)}[self.orientation]
+        return np.stack(moved, axis=-1)
+
+
+HIGH_BYTE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def read_picture(data: bytes) -> Picture:
+    """Any image file's bytes -> Picture, under the policy above; ImageError says why one is refused."""
+    if not data:
+        raise ImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                stored = im.size
+                orientation = _orientation(im)
+                im = ImageOps.exif_transpose(im) if orientation != 1 else im
+                pixels, alpha = _rgb(im)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageError(f"{type(e).__name__}: {e}") from None
+    return Picture(pixels, orientation, stored, alpha)
+
+
+def _orientation(im: Image.Image) -> int:
+    value = im.getexif().get(0x0112, 1)  # Orientation
+    return value if value in range(1, 9) else 1  # out-of-range tags are ignored, as viewers do
+
+
+def _rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """(RGB uint8 pixels, whether an alpha channel was composited)."""
+    if im.mode == "F":
+        raise ImageError("floating-point pixels (mode F): convert the file to 8 or 16 bits per channel")
+    if im.mode in HIGH_BYTE_MODES:
+        values = np.asarray(im)
+        if values.min() < 0 or values.max() > 0xFFFF:
+            raise ImageError(f"32-bit integer pixels (mode {im.mode}): convert the file to 8 or 16 bits")
+        gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), False
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if not has_alpha:
+        return np.asarray(im.convert("RGB")), False
+    rgba = np.asarray(im.convert("RGBA"), np.uint16)
+    rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255  # over black: transparent -> 0, opaque unchanged
+    return rgb.astype(np.uint8), bool(np.any(rgba[..., 3] < 255))
+
+
+def read_image_file(path: str | Path) -> Picture:
+    """read_picture of a file; an unreadable file is an ImageError naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: {e.strerror or e}") from None
+    try:
+        return read_picture(data)
+    except ImageError as e:
+        raise ImageError(f"{path.name}: {e}") from None

@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import torch
 
+from handloom.errors import UserError
 
-class PlacementError(ValueError):
+
+class PlacementError(UserError, ValueError):
     """The hand does not fit the canvas, or nothing of it is kept."""
 
 

@@ -7,13 +7,19 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from handloom.errors import UserError
+
+# The largest image side any stage makes or accepts: 8192^2 RGB is 192 MiB; 200000 would be a 112 GiB frame.
+MAX_IMAGE_SIDE = 8192
 
 
 class Section(BaseModel):
-    """Unknown keys are errors: a typo must not silently fall back to a default."""
+    """Unknown keys are errors: a typo must not silently fall back to a default. No float may be NaN or infinite
+    (an infinite learning rate or guidance scale passes every range check, then trains or samples garbage)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- ingest ------------------------------------------------------------------------------------
@@ -22,7 +28,7 @@ class SyntheticParams(Section):
     n_sequences: int = Field(24, ge=1)
     n_frames: int = Field(6, ge=1)
     n_cameras: int = Field(3, ge=1)
-    image_size: int = Field(256, ge=32)
+    image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIDE)
     two_hand_prob: float = Field(0.2, ge=0, le=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)   # of sequences, by hash rank: datasets/splits.py
     test_fraction: float = Field(0.1, ge=0, lt=1)
@@ -36,7 +42,7 @@ class DatasetParams(Section):
     subdir: str = ""              # folder inside the source (after extraction) that holds the dataset
     annotations: tuple[str, ...]  # annotation files (HaGRID: folders), relative to the dataset folder
     images_dir: str = ""          # where images live, relative to the dataset folder; `{split}` is filled in
-    crop_size: int = Field(512, ge=32)
+    crop_size: int = Field(512, ge=32, le=MAX_IMAGE_SIDE)
     crop_scale: float = Field(1.6, ge=1)          # crop side / longer side of the hands' box: context
     interaction_gap: float = Field(0.25, ge=0)    # hands nearer than this x box side are cropped together
     val_fraction: float = Field(0.1, ge=0, lt=1)  # used only where the dataset has no split of its own
@@ -125,7 +131,7 @@ class AnnotateParams(Section):
 
 # --- shard -------------------------------------------------------------------------------------
 class ShardParams(Section):
-    crop_size: int = Field(256, ge=32)
+    crop_size: int = Field(256, ge=32, le=MAX_IMAGE_SIDE)
     max_samples: int = Field(1000, ge=1)   # per shard, before a sequence boundary closes it
     max_mb: float = Field(64, gt=0)
     jpeg_quality: int = Field(95, ge=50, le=100)
@@ -142,6 +148,12 @@ class ModelParams(Section):
     num_heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
     mask_head: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden_size(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        return self
 
 
 class AugmentParams(Section):
@@ -165,7 +177,7 @@ class TrainParams(Section):
     equal), the Lightning module is built from this model, and its checkpoints store it."""
 
     seed: int = 0
-    resolution: int = Field(64, ge=8)
+    resolution: int = Field(64, ge=8, le=MAX_IMAGE_SIDE)
     conditioning: Literal["heatmaps42", "fingers11", "annotated3"] = "heatmaps42"
     heatmap_sigma: float = Field(1.5, gt=0)
     augment: AugmentParams = AugmentParams()
@@ -206,6 +218,15 @@ class TrainParams(Section):
     log_every_n_steps: int = Field(10, ge=1)
     checkpoint_every_n_steps: int = Field(100, ge=1)  # how much a kill -9 can cost
 
+    @model_validator(mode="after")
+    def _patches_tile_the_image(self):
+        # In pixel space the DiT cuts `resolution` into patches; a latent model's grid depends on the VAE, which
+        # the train stage checks when it loads it.
+        if self.vae_path is None and self.resolution % self.model.patch_size:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of model.patch_size "
+                             f"{self.model.patch_size}")
+        return self
+
 
 # --- evaluate / report -------------------------------------------------------------------------
 class EvaluateParams(Section):
@@ -241,7 +262,7 @@ class Params(Section):
     report: ReportParams = ReportParams()
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """params.yaml does not validate; the message lists every offending key path."""
 
 
@@ -259,7 +280,10 @@ def _describe(error: dict) -> str:
     """`train.model.depth: must be ≥ 1` from one pydantic error."""
     path = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
     template = _MESSAGES.get(error["type"])
-    message = template.format(**error.get("ctx", {})) if template else error["msg"].lower()
+    if error["type"] == "value_error":  # a validator's own sentence, without pydantic's "Value error, "
+        message = str(error["ctx"]["error"])
+    else:
+        message = template.format(**error.get("ctx", {})) if template else error["msg"].lower()
     return f"{path}: {message}"
 
 
@@ -271,12 +295,38 @@ def parse_params(data: dict | None) -> Params:
         raise ParamsError("invalid params.yaml:\n  " + "\n  ".join(_describe(err) for err in e.errors())) from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping, as DVC does (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str):
+    """Parsed YAML, duplicate keys refused."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def one_line(error: yaml.YAMLError) -> str:
+    """`duplicate key 'lr' (line 12, column 3)` rather than PyYAML's several lines."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return " ".join(f"{problem}{where}".split())
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = read_yaml(Path(path).read_text())
     except yaml.YAMLError as e:
-        raise ParamsError(f"invalid params.yaml: not YAML: {e}") from None
+        raise ParamsError(f"invalid params.yaml: not YAML: {one_line(e)}") from None
     if data is not None and not isinstance(data, dict):
         raise ParamsError("invalid params.yaml: the top level must be a mapping of stage sections")
     return parse_params(data)
@@ -289,6 +339,8 @@ def stage_args(doc: str, *positionals: tuple[str, str]) -> argparse.Namespace:
                                             "deps and outs). Normally run by `dvc repro`.")
     for name, help_text in positionals:
         parser.add_argument(name, help=help_text)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error (or set "
+                        "HANDLOOM_DEBUG=1); expected errors are one line `error: ...` and exit code 2")
     return parser.parse_args()
 
 

@@ -212,6 +212,9 @@ class Reject:
     TRUNCATED_ANNOTATION = "truncated_annotation"
     BAD_BOX = "bad_box"                          # box-only datasets (HaGRID): empty, non-finite or off-image
     DUPLICATE_KEY = "duplicate_key"
+    DUPLICATE_ID = "duplicate_id"                # two entries of one file share an id: which one is meant is unknown
+    PATH_OUTSIDE_DATASET = "path_outside_dataset"  # a file name that leaves the dataset folder (../, absolute, link)
+    BAD_RECORD = "bad_record"                    # reading the record raised: the detail names the type and message
     SPLIT_LEAK = "split_leak"  # the sequence also lies in a held-out split, where it stays
 
 

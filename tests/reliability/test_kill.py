@@ -104,7 +104,12 @@ def finished_elsewhere(project: Path, stage: Stage) -> dict[str, int]:
     """mtimes of the finished files outside the stage's outputs: its inputs, and the annotation cache."""
     outputs = {f.relative_to(project).as_posix() for f in files(project, stage.outputs)}
     return {f.relative_to(project).as_posix(): f.stat().st_mtime_ns for f in project.rglob("[!.]*")
-            if f.is_file() and f.relative_to(project).as_posix() not in outputs}
+            if f.is_file() and f.relative_to(project).as_posix() not in outputs and not in_staging(project, f)}
+
+
+def in_staging(project: Path, f: Path) -> bool:
+    """Inside a folder a stage builds its next output in (io.staging_dir): its own temp files, not finished ones."""
+    return any(part.startswith(".") and part.endswith((".staging", ".old")) for part in f.relative_to(project).parts)
 
 
 # --- Every input is in the outputs or the rejects -------------------------------------------------

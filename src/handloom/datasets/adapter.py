@@ -1,28 +1,28 @@
 """What every public-dataset adapter shares: native records in, validated hand crops and rejects out."""
 from __future__ import annotations
 
-import io
 import json
+import os
 import re
 import sys
-import warnings
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from PIL import Image
 
 from handloom import schema
 from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets import crops
 from handloom.datasets.sources import resolve_source
 from handloom.datasets.splits import HASHED, assign_splits, hashed
-from handloom.datasets.store import DatasetWriter, EncodedSample, encode_sample
+from handloom.datasets.store import DatasetWriter, EncodedSample, encode_sample, printable
+from handloom.io import ImageError, Picture, read_image_file
 from handloom.params import DatasetParams
 
-Image.MAX_IMAGE_PIXELS = 200_000_000  # real photos stay far below; a decompression bomb does not
 IDENTITY = tuple(range(schema.JOINTS_PER_HAND))  # datasets already in MediaPipe order
 RECORDS_PER_CHUNK = 64  # images per unit of work: a fraction of a second each, a few MB of crops in flight
 SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -70,6 +70,85 @@ class Spec:
     read: Callable[[DatasetParams, Path, DatasetWriter], Iterable[ImageRecord]]
 
 
+class RecordError(Exception):
+    """A record that cannot become a sample, with its reject reason (one of schema.Reject) and a detail."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def reject_reason(error: Exception) -> tuple[str, str]:
+    """(reason, detail) of a reject row for whatever one record raised: its own reason, else its type and message."""
+    if isinstance(error, RecordError):
+        return error.reason, error.detail
+    return schema.Reject.BAD_RECORD, f"{type(error).__name__}: {error}"
+
+
+@contextmanager
+def rejected_on_error(writer: DatasetWriter, *record_ids: str):
+    """Any exception in the block becomes one reject row per record id: one malformed record costs only itself."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - isolation is the point: the next record must still be read
+        for record_id in record_ids:
+            writer.reject(record_id, *reject_reason(e))
+
+
+def entries(data, key: str, path: Path, root: Path, writer: DatasetWriter, required: bool = True) -> list | None:
+    """data[key] when it is a list; otherwise None after one reject row naming the file (its records are unreadable).
+    An absent key that is not `required` is an empty list."""
+    value = data.get(key) if isinstance(data, dict) else None
+    if isinstance(value, list) or (value is None and not required and isinstance(data, dict) and key not in data):
+        return value or []
+    what = "the top level" if not isinstance(data, dict) else f"{key!r}"
+    found = type(data if not isinstance(data, dict) else value).__name__
+    writer.reject(relative(path, root), schema.Reject.CORRUPT_ANNOTATION,
+                  f"{what} is {found}, expected {'an object' if not isinstance(data, dict) else 'a list'}")
+    return None
+
+
+def entry_id(entry, n: int):
+    """An entry's own id (a JSON string or integer), else its index in the list."""
+    value = entry.get("id") if isinstance(entry, dict) else None
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else n
+
+
+def numbered(items: list, path: Path, root: Path, writer: DatasetWriter) -> Iterator[tuple[str, object]]:
+    """(record id `<file>#<id>`, entry) for each entry; entries that share an id are all rejected by it."""
+    ids = [entry_id(entry, n) for n, entry in enumerate(items)]
+    counts = Counter(ids)
+    for value, entry in zip(ids, items):
+        record_id = f"{relative(path, root)}#{value}"
+        if counts[value] > 1:
+            writer.reject(record_id, schema.Reject.DUPLICATE_ID, f"id {value!r} is used by {counts[value]} entries")
+        else:
+            yield record_id, entry
+
+
+def index_by_id(items: list) -> dict:
+    """id -> entry for the entries that are objects with a usable id; an id listed twice maps to DUPLICATE."""
+    index: dict = {}
+    for entry in items:
+        value = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            index[value] = DUPLICATE if value in index else entry
+    return index
+
+
+DUPLICATE = object()  # index_by_id's mark for an id that names two entries
+
+
+def lookup(index: dict, value, what: str = "image"):
+    """The entry `value` names; RecordError when it names none, or two (whose pixels would be whose keypoints?)."""
+    entry = index.get(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    if entry is DUPLICATE:
+        raise RecordError(schema.Reject.DUPLICATE_ID, f"{what} id {value!r} is listed more than once")
+    if entry is None:
+        raise RecordError(schema.Reject.MISSING_FIELD, f"{what} {value!r} not in {what}s")
+    return entry
+
+
 def run_adapter(spec: Spec, p: DatasetParams, out_dir: Path) -> DatasetWriter:
     """Resolve the source, plan the native records in key order, crop them chunk by chunk, write as they come."""
     source_dir = resolve_source(p.source, p.sha256, max_bytes=int(p.max_archive_gb * (1 << 30)))
@@ -88,10 +167,14 @@ def run_adapter(spec: Spec, p: DatasetParams, out_dir: Path) -> DatasetWriter:
 # --- Reading native files --------------------------------------------------------------------------
 def load_json(path: Path, root: Path, writer: DatasetWriter):
     """Parsed JSON, or None after a reject row naming the file: a truncated or corrupt file never stops the stage."""
-    text = path.read_bytes()
+    try:
+        text = path.read_bytes()
+    except OSError as e:  # a folder named *.json, no permission
+        writer.reject(relative(path, root), schema.Reject.CORRUPT_ANNOTATION, f"{type(e).__name__}: {e}")
+        return None
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         truncated = isinstance(e, json.JSONDecodeError) and e.pos >= len(text.rstrip())
         writer.reject(relative(path, root),
                       schema.Reject.TRUNCATED_ANNOTATION if truncated else schema.Reject.CORRUPT_ANNOTATION,
@@ -115,10 +198,34 @@ def annotation_files(p: DatasetParams, root: Path) -> Iterator[Path]:
 
 
 def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside: Path) -> Path | None:
-    """The image named in an annotation: under images_dir, else beside the annotation file, else under root."""
+    """The image named in an annotation: under images_dir, else beside the annotation file, else under root.
+
+    Only places inside the dataset folder are looked at: a name that leaves it (`../`, an absolute path, a link
+    to elsewhere) is refused as path_outside_dataset, so nothing outside a dataset is ever read."""
+    if not isinstance(file_name, str) or not file_name:
+        raise RecordError(schema.Reject.MISSING_FIELD, f"file_name {file_name!r} is not a file name")
     candidates = [root / p.images_dir.format(split=split) / file_name] if p.images_dir else []
     candidates += [beside / file_name, root / file_name]
-    return next((c for c in candidates if c.is_file()), None)
+    inside = [c for c in candidates if within(c, root)]
+    try:
+        found = next((c for c in inside if c.is_file()), None)
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte in it
+        raise RecordError(schema.Reject.MISSING_IMAGE, f"{type(e).__name__}: {e}") from None
+    if found is None and len(inside) < len(candidates):
+        raise RecordError(schema.Reject.PATH_OUTSIDE_DATASET, f"{file_name!r} leaves the dataset folder")
+    return found
+
+
+def within(path: Path, root: Path) -> bool:
+    """Whether `path` lies inside `root`: first by its name alone (so `../` is never even looked at), then with
+    links followed."""
+    top = os.path.abspath(root)
+    if not os.path.abspath(path).startswith(top.rstrip(os.sep) + os.sep):
+        return False
+    try:
+        return path.resolve().is_relative_to(Path(root).resolve())
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name the file system refuses
+        return False
 
 
 def split_of(path: Path, p: DatasetParams, sequence: str, own_split: bool = True) -> str:
@@ -134,8 +241,15 @@ def split_of(path: Path, p: DatasetParams, sequence: str, own_split: bool = True
 
 
 def sanitise(name: str) -> str:
-    """A sequence id the sample-key pattern accepts."""
-    return re.sub(r"[^\w.-]", "_", str(name))
+    """A sequence id the sample-key pattern accepts (ASCII word characters; a surrogate from a non-UTF-8 file name
+    or a `.`-only name would break the key or a path made from it)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
+    return "_" if set(cleaned) <= {"."} else cleaned
+
+
+def camera_id(name) -> str:
+    """A camera id the sample-key pattern accepts (no `-`: it separates frame and camera)."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", str(name)) or "_"
 
 
 def relative(path: Path, root: Path) -> str:
@@ -178,28 +292,49 @@ def parse_hand(writer: DatasetWriter, record_id: str, read: Callable[[], tuple[s
     return Hand(record_id, side, keypoints, metadata=metadata)
 
 
-def read_image(path: Path | None) -> tuple[np.ndarray | None, str, str]:
-    """(RGB pixels, "", "") or (None, reject reason, detail).
-
-    PIL raises on a truncated file, where OpenCV would return the image half grey without a word.
-    """
+def read_image(path: Path | None) -> Picture:
+    """The record's pixels through io.read_image_file (the project's one reader and its policy: EXIF orientation,
+    high bit depth, alpha); RecordError when there are none."""
     if path is None:
-        return None, schema.Reject.MISSING_IMAGE, "not found under images_dir, beside the annotation, or at the root"
+        raise RecordError(schema.Reject.MISSING_IMAGE,
+                          "not found under images_dir, beside the annotation, or at the root")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(path.read_bytes())) as im:
-                im.load()
-                return np.asarray(im.convert("RGB")), "", ""
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        return None, schema.Reject.UNREADABLE_IMAGE, f"{path.name}: {type(e).__name__}: {e}"
+        return read_image_file(path)
+    except ImageError as e:
+        raise RecordError(schema.Reject.UNREADABLE_IMAGE, str(e)) from None
+
+
+def annotated_frame(record: ImageRecord, picture: Picture) -> str:
+    """Which frame the annotation's pixels are in: "displayed" (EXIF orientation applied, what a viewer and an
+    annotation tool show; the default when the annotation gives no size) or "stored" (the raw pixels, when only
+    their size matches the size the annotation declares)."""
+    if record.size is None or tuple(record.size) == picture.size:
+        return "displayed"
+    if tuple(record.size) == picture.stored_size:
+        return "stored"
+    raise RecordError(schema.Reject.IMAGE_SIZE_MISMATCH,
+                      f"annotated {record.size[0]}x{record.size[1]}, file is {picture.size[0]}x{picture.size[1]}")
+
+
+def to_displayed(hand: Hand, picture: Picture) -> Hand:
+    """A hand annotated on the stored pixels, moved with them into the displayed frame (visible joints only: an
+    unlabelled joint stays a zero row)."""
+    if hand.keypoints is not None:
+        k = hand.keypoints.copy()
+        seen = k[:, 2] > 0
+        k[seen, :2] = picture.from_stored(k[seen, :2])
+        return Hand(hand.record_id, hand.side, k, hand.box, hand.metadata)
+    corners = picture.from_stored([hand.box[:2], hand.box[2:]])
+    box = (*corners.min(axis=0).tolist(), *corners.max(axis=0).tolist())
+    return Hand(hand.record_id, hand.side, None, box, hand.metadata)
 
 
 # --- Writing samples --------------------------------------------------------------------------------
 def base_key(dataset: str, record: ImageRecord) -> str:
     """The key of a record's sample when its hands share one crop; a record cropped into several (`_h<k>`) makes
     keys that sort after it, so records walked in this order give samples no earlier record can precede."""
-    return str(schema.SampleKey(dataset, record.split, sanitise(record.sequence), record.frame, record.camera))
+    return str(schema.SampleKey(dataset, record.split, sanitise(record.sequence), record.frame,
+                                camera_id(record.camera)))
 
 
 def plan(dataset: str, records: Iterable[ImageRecord], val_fraction: float = 0.0,
@@ -237,37 +372,45 @@ class Crops:
     rejects: list[dict] = field(default_factory=list)
 
     def reject(self, key: str, reason: str, detail: str = "") -> None:
-        self.rejects.append(dict(key=key, dataset=self.dataset, stage="ingest", reason=reason, detail=detail))
+        self.rejects.append(dict(key=printable(key), dataset=self.dataset, stage="ingest", reason=reason,
+                                 detail=printable(detail)))
 
 
 def crop_records(dataset: str, p: DatasetParams, root: Path, records: list[ImageRecord]) -> tuple[list, list]:
-    """(encoded samples, reject rows) of one chunk of records: the unit of work a worker owns."""
+    """(encoded samples, reject rows) of one chunk of records: the unit of work a worker owns. A record that raises
+    costs its own hands only: each not rejected already gets a row with the exception's type and message, and
+    nothing of it is kept."""
     out = Crops(dataset)
     for record in records:
-        crop_record(out, record, p, root)
+        samples, rejects = len(out.samples), len(out.rejects)
+        try:
+            crop_record(out, record, p, root)
+        except Exception as e:  # noqa: BLE001 - isolation is the point: the next record must still be cropped
+            del out.samples[samples:]
+            done = {row["key"] for row in out.rejects[rejects:]}
+            _reject_all(out, [hand for hand in record.hands if hand.record_id not in done], *reject_reason(e))
     return out.samples, out.rejects
 
 
 def crop_record(out: Crops, record: ImageRecord, p: DatasetParams, root: Path) -> None:
-    image, reason, detail = read_image(record.image_path)
-    if image is None:
-        _reject_all(out, record.hands, reason, detail)
-        return
+    if not 0 <= record.frame < 2**31:  # the manifest's frame column is int32
+        raise RecordError(schema.Reject.BAD_RECORD, f"frame {record.frame} is not in [0, 2**31)")
+    picture = read_image(record.image_path)
+    image = picture.pixels
     h, w = image.shape[:2]
-    if record.size and tuple(record.size) != (w, h):
-        _reject_all(out, record.hands, schema.Reject.IMAGE_SIZE_MISMATCH,
-                    f"annotated {record.size[0]}x{record.size[1]}, file is {w}x{h}")
-        return
+    frame = annotated_frame(record, picture)
+    hands = [to_displayed(hand, picture) for hand in record.hands] if frame == "stored" else record.hands
     if record.normalised:
-        for hand in record.hands:
+        for hand in hands:
             hand.box = tuple(np.multiply(hand.box, (w, h, w, h)).tolist())
-    hands = [hand for hand in record.hands if _usable(out, hand, w, h)]
+    hands = [hand for hand in hands if _usable(out, hand, w, h)]
     groups = crops.group_hands([hand_box(hand) for hand in hands], [hand.rows for hand in hands],
                                p.interaction_gap, record.together)
     for k, group in enumerate(groups):
         sequence = record.sequence if len(groups) == 1 else f"{record.sequence}_h{k}"
-        key = schema.SampleKey(out.dataset, record.split, sanitise(sequence), record.frame, record.camera)
-        _add_sample(out, key, image, [hands[i] for i in group], record, p, root)
+        key = schema.SampleKey(out.dataset, record.split, sanitise(sequence), record.frame, camera_id(record.camera))
+        schema.SampleKey.parse(str(key))  # a key the later stages can read back, or a ValueError for this record
+        _add_sample(out, key, image, [hands[i] for i in group], record, p, root, picture, frame)
 
 
 def _reject_all(writer: Crops, hands: list[Hand], reason: str, detail: str = "") -> None:
@@ -286,6 +429,9 @@ def _usable(writer: Crops, hand: Hand, w: int, h: int) -> bool:
     reason = schema.validate_keypoints(place(hand), w, h)
     if reason:
         writer.reject(hand.record_id, reason)
+    elif not np.any(hand.keypoints[:, 2] > 0):  # coordinates without a visible joint: nothing to crop around
+        reason = schema.Reject.NO_HAND
+        writer.reject(hand.record_id, reason, "no joint has a visibility above 0")
     return reason is None
 
 
@@ -304,7 +450,7 @@ def hand_box(hand: Hand) -> crops.Box:
 
 
 def _add_sample(out: Crops, key: schema.SampleKey, image: np.ndarray, hands: list[Hand],
-                record: ImageRecord, p: DatasetParams, root: Path) -> None:
+                record: ImageRecord, p: DatasetParams, root: Path, picture: Picture, frame: str) -> None:
     box = crops.union([hand_box(hand) for hand in hands])
     square = crops.Square.around(box, p.crop_scale)
     keypoints = None if hands[0].keypoints is None else square.keypoints(place(*hands), p.crop_size)
@@ -317,5 +463,9 @@ def _add_sample(out: Crops, key: schema.SampleKey, image: np.ndarray, hands: lis
         records=[hand.record_id for hand in hands], interacting=len(hands) > 1,
         source_image=relative(record.image_path, root), source_size=[image.shape[1], image.shape[0]],
         crop_square=[square.x0, square.y0, square.side])
+    if picture.orientation != 1:  # where the pixels were turned, and which frame the annotation was read in
+        metadata.update(exif_orientation=picture.orientation, annotation_frame=frame)
+    if picture.alpha:
+        metadata.update(alpha="composited over black")
     out.samples.append(encode_sample(key, square.cut(image, p.crop_size), keypoints, square.box(box, p.crop_size),
                                      metadata, records=tuple(hand.record_id for hand in hands)))

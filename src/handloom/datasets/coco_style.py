@@ -10,11 +10,16 @@ from handloom.datasets.adapter import (
     IDENTITY,
     Hand,
     ImageRecord,
+    RecordError,
     annotation_files,
+    entries,
     find_image,
+    index_by_id,
     load_json,
+    lookup,
+    numbered,
     parse_hand,
-    relative,
+    rejected_on_error,
     sanitise,
     split_of,
 )
@@ -44,21 +49,28 @@ def read_coco_style(style: CocoStyle, p: DatasetParams, root: Path, writer: Data
 def _records(style: CocoStyle, p: DatasetParams, root: Path, path: Path, data: dict,
              writer: DatasetWriter) -> Iterator[ImageRecord]:
     """One record per picture: Panoptic stores a picture once per hand (`_l`/`_r`), and they belong together."""
-    images = {image.get("id"): image for image in data.get("images", [])}
+    annotations = entries(data, "annotations", path, root, writer)
+    images = entries(data, "images", path, root, writer) if annotations is not None else None
+    if annotations is None or images is None:
+        return
+    images = index_by_id(images)
     pictures: dict[str, tuple[dict, list[Hand]]] = {}
-    for n, annotation in enumerate(data.get("annotations", [])):
-        record_id = f"{relative(path, root)}#{annotation.get('id', n)}"
-        image = images.get(annotation.get("image_id"))
-        if image is None or "file_name" not in image:
-            writer.reject(record_id, schema.Reject.MISSING_FIELD, f"image {annotation.get('image_id')!r} not in images")
-            continue
-        hand = parse_hand(writer, record_id, lambda: (style.side(annotation, image), annotation["keypoints"]),
-                          style.order)
-        if hand is not None:
-            pictures.setdefault(sanitise(style.picture(image)), (image, []))[1].append(hand)
+    for record_id, annotation in numbered(annotations, path, root, writer):
+        with rejected_on_error(writer, record_id):
+            image = lookup(images, annotation.get("image_id"))
+            if not isinstance(image.get("file_name"), str):
+                raise RecordError(schema.Reject.MISSING_FIELD, f"image {image.get('id')!r} has no file_name")
+            native = lambda a=annotation, i=image: (style.side(a, i), a["keypoints"])
+            hand = parse_hand(writer, record_id, native, style.order)
+            if hand is not None:
+                pictures.setdefault(sanitise(style.picture(image)), (image, []))[1].append(hand)
     for picture, (image, hands) in sorted(pictures.items()):
-        group = style.group(image) if style.group else picture
-        split = split_of(path, p, group, style.own_split)
-        size = (image["width"], image["height"]) if "width" in image and "height" in image else None
-        yield ImageRecord(find_image(root, p, split, image["file_name"], path.parent), picture, split, hands,
-                          size=size, metadata=dict(image_id=image.get("id"), **style.extra(image)))
+        record = None
+        with rejected_on_error(writer, *(hand.record_id for hand in hands)):
+            group = style.group(image) if style.group else picture
+            split = split_of(path, p, group, style.own_split)
+            size = (image["width"], image["height"]) if "width" in image and "height" in image else None
+            record = ImageRecord(find_image(root, p, split, image["file_name"], path.parent), picture, split, hands,
+                                 size=size, metadata=dict(image_id=image.get("id"), **style.extra(image)))
+        if record is not None:
+            yield record

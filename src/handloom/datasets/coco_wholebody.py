@@ -8,12 +8,17 @@ from typing import Iterator
 from handloom import schema
 from handloom.datasets.adapter import (
     ImageRecord,
+    RecordError,
     Spec,
     annotation_files,
+    entries,
     find_image,
+    index_by_id,
     load_json,
+    lookup,
+    numbered,
     parse_hand,
-    relative,
+    rejected_on_error,
     run_adapter,
     sanitise,
     split_of,
@@ -33,30 +38,53 @@ def read(p: COCOWholeBodyParams, root: Path, writer: DatasetWriter) -> Iterator[
 
 
 def _records(p: COCOWholeBodyParams, root: Path, path: Path, data: dict, writer: DatasetWriter):
-    images = {image.get("id"): image for image in data.get("images", [])}
-    licenses = {lic.get("id"): lic.get("name") for lic in data.get("licenses", [])}
+    persons = entries(data, "annotations", path, root, writer)
+    images = entries(data, "images", path, root, writer) if persons is not None else None
+    licenses = entries(data, "licenses", path, root, writer, required=False) if images is not None else None
+    if persons is None or images is None or licenses is None:
+        return
+    images = index_by_id(images)
+    licenses = {lic.get("id"): lic.get("name") for lic in licenses
+                if isinstance(lic, dict) and _hashable(lic.get("id"))}
     hands = defaultdict(list)
-    for n, person in enumerate(data.get("annotations", [])):
-        for side in schema.HANDS:
-            # `<side>hand_valid` false means this person has no annotated hand there (all-zero box and
-            # keypoints): nothing to ingest, so nothing to reject either.
-            if not person.get(f"{side}hand_valid"):
-                continue
-            record_id = f"{relative(path, root)}#{person.get('id', n)}/{side}"
-            hand = parse_hand(writer, record_id, lambda: (side, person[f"{side}hand_kpts"]), person_id=person.get("id"))
-            if hand is not None:
-                hands[person.get("image_id")].append(hand)
+    for person_id, person in numbered(persons, path, root, writer):
+        with rejected_on_error(writer, person_id):
+            image_id = person.get("image_id")
+            if not _hashable(image_id):
+                raise RecordError(schema.Reject.MISSING_FIELD, f"image_id {image_id!r} names no image")
+            found = []  # the person's hands join the image only once both are read: a failure costs both
+            for side in schema.HANDS:
+                # `<side>hand_valid` false means this person has no annotated hand there (all-zero box and
+                # keypoints): nothing to ingest, so nothing to reject either.
+                if not person.get(f"{side}hand_valid"):
+                    continue
+                native = lambda s=side, p=person: (s, p[f"{s}hand_kpts"])
+                hand = parse_hand(writer, f"{person_id}/{side}", native, person_id=person.get("id"))
+                if hand is not None:
+                    found.append(hand)
+            hands[image_id] += found
     for image_id, image_hands in sorted(hands.items(), key=lambda kv: str(kv[0])):
-        image = images.get(image_id)
-        if image is None or "file_name" not in image:
-            for hand in image_hands:
-                writer.reject(hand.record_id, schema.Reject.MISSING_FIELD, f"image {image_id!r} not in images")
-            continue
-        sequence = sanitise(Path(image["file_name"]).stem)
-        split = split_of(path, p, sequence)
-        yield ImageRecord(find_image(root, p, split, image["file_name"], path.parent), sequence, split, image_hands,
-                          size=(image.get("width"), image.get("height")) if "width" in image else None,
-                          metadata=dict(image_id=image_id, image_license=licenses.get(image.get("license"))))
+        record = None
+        with rejected_on_error(writer, *(hand.record_id for hand in image_hands)):
+            image = lookup(images, image_id)
+            if not isinstance(image.get("file_name"), str):
+                raise RecordError(schema.Reject.MISSING_FIELD, f"image {image_id!r} has no file_name")
+            sequence = sanitise(Path(image["file_name"]).stem)
+            split = split_of(path, p, sequence)
+            size = (image.get("width"), image.get("height")) if "width" in image else None
+            metadata = dict(image_id=image_id, image_license=licenses.get(_key(image.get("license"))))
+            record = ImageRecord(find_image(root, p, split, image["file_name"], path.parent), sequence, split,
+                                 image_hands, size=size, metadata=metadata)
+        if record is not None:
+            yield record
+
+
+def _hashable(value) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+def _key(value):
+    return value if _hashable(value) else None
 
 
 SPEC = Spec("coco_wholebody", LICENSE, read)

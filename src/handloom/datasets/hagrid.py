@@ -8,10 +8,12 @@ from handloom import schema
 from handloom.datasets.adapter import (
     Hand,
     ImageRecord,
+    RecordError,
     Spec,
     annotation_files,
     find_image,
     load_json,
+    rejected_on_error,
     relative,
     run_adapter,
     sanitise,
@@ -39,7 +41,9 @@ def read(p: HaGRIDParams, root: Path, writer: DatasetWriter) -> Iterator[ImageRe
             data = load_json(path, root, writer)
             if isinstance(data, dict):
                 for uuid, item in sorted(data.items()):
-                    record = _record(p, root, path, uuid, item, writer)
+                    record = None
+                    with rejected_on_error(writer, f"{relative(path, root)}#{uuid}"):
+                        record = _record(p, root, path, uuid, item, writer)
                     if record is not None:
                         yield record
             elif data is not None:
@@ -53,12 +57,18 @@ def _record(p: HaGRIDParams, root: Path, path: Path, uuid: str, item: dict, writ
     except (KeyError, TypeError) as e:
         writer.reject(record_id, schema.Reject.MISSING_FIELD, f"no field {e}")
         return None
+    if not isinstance(boxes, list) or not isinstance(labels, list):
+        raise RecordError(schema.Reject.MISSING_FIELD, f"bboxes {type(boxes).__name__} and labels "
+                          f"{type(labels).__name__}, expected two lists")
+    if not boxes:
+        writer.reject(record_id, schema.Reject.NO_HAND, "no bboxes")
+        return None
     if len(boxes) != len(labels):
         writer.reject(record_id, schema.Reject.MISSING_FIELD, f"{len(boxes)} bboxes but {len(labels)} labels")
         return None
     hands = []
     for k, (box, label) in enumerate(zip(boxes, labels)):
-        if label not in GESTURES:
+        if not isinstance(label, str) or label not in GESTURES:
             writer.reject(f"{record_id}/{k}", schema.Reject.UNKNOWN_LABEL, f"gesture {label!r}")
             continue
         try:
@@ -69,7 +79,7 @@ def _record(p: HaGRIDParams, root: Path, path: Path, uuid: str, item: dict, writ
         # Later releases name the gesturing hand's side (`leading_hand`); v1 does not, and no_gesture hands never.
         side = item.get("leading_hand") if label != NO_GESTURE and item.get("leading_hand") in schema.HANDS else None
         hands.append(Hand(f"{record_id}/{k}", side, None, box=(x, y, x + w, y + h), metadata={"gesture": label}))
-    if not hands:
+    if not hands:  # each box has its own reject row
         return None
     hands.sort(key=lambda hand: hand.metadata["gesture"] == NO_GESTURE)  # gesturing hands first: their label leads
     split = split_of(path, p, uuid)

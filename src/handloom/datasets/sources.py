@@ -15,7 +15,10 @@ from http.client import HTTPException
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
+from filelock import FileLock
 from tqdm import tqdm
+
+from handloom.errors import UserError
 
 DEFAULT_CACHE = Path(".handloom-cache/downloads")  # gitignored; HANDLOOM_CACHE_DIR overrides it
 CHUNK = 1 << 20
@@ -24,9 +27,10 @@ RETRIES = 3
 BACKOFF_S = 1.0        # wait BACKOFF_S x try number before trying again
 TREE = "tree"          # <cache>/<sha256>/tree: the extracted archive, present only once complete
 ARCHIVE = "archive"    # <cache>/<sha256>/archive(.part): the download, removed after extraction
+LOCK = ".lock"         # <cache>/<sha256>.lock: held while one process fetches and extracts
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """A dataset source cannot be used; the message names the source and the reason."""
 
 
@@ -65,14 +69,17 @@ def resolve_source(source: str, sha256: str | None = None, *, cache_dir: str | P
 
 
 def _cached_tree(entry: Path, fetch, max_bytes: int) -> Path:
-    """The extracted tree of `entry`; fetch and extract only when no complete tree is there."""
+    """The extracted tree of `entry`; fetch and extract only when no complete tree is there. Stages resolving the
+    same source at once (ingest@a and ingest@b from one archive) take turns: the second waits, then finds the tree."""
     tree = entry / TREE
     if not tree.is_dir():
         entry.mkdir(parents=True, exist_ok=True)
-        archive = fetch(entry)
-        extract_archive(archive, tree, max_bytes)
-        if archive.parent == entry:  # a download, not the user's own file: the tree is what we keep
-            archive.unlink()
+        with FileLock(entry.with_name(f"{entry.name}{LOCK}")):
+            if not tree.is_dir():
+                archive = fetch(entry)
+                extract_archive(archive, tree, max_bytes)
+                if archive.parent == entry:  # a download, not the user's own file: the tree is what we keep
+                    archive.unlink()
     return single_top_folder(tree)
 
 
@@ -190,6 +197,21 @@ def _member_path(root: Path, name: str, archive: Path) -> Path:
     return root / posix
 
 
+def _check_layout(archive: Path, members: list[tuple[str, bool]]) -> None:
+    """Refuse (name, is_dir) members that cannot all be extracted as written: a file named like a folder (`x/`,
+    `x/.`), or one path that is a file in one member and a folder in another (`a`, then `a/b`)."""
+    files, folders = set(), set()
+    for name, is_dir in members:
+        parts = PurePosixPath(name.replace("\\", "/")).parts  # `x/./` and `x//y` name `x` and `x/y`
+        if not is_dir and (not parts or name.endswith(("/", "/.")) or name == "."):
+            raise UnsafeArchiveError(f"{archive}: member {name!r} is a file with a folder's name; refusing to extract")
+        (folders if is_dir else files).add(parts)
+        folders.update(parts[:i] for i in range(1, len(parts)))
+    if clash := sorted(files & folders):
+        raise UnsafeArchiveError(f"{archive}: member {'/'.join(clash[0])!r} is both a file and a folder; "
+                                 f"refusing to extract")
+
+
 def _check_size(archive: Path, total: int, max_bytes: int) -> None:
     if total > max_bytes:
         raise UnsafeArchiveError(f"{archive}: members declare {total} bytes, over the limit of {max_bytes} "
@@ -206,6 +228,7 @@ def _extract_tar(archive: Path, root: Path, max_bytes: int) -> None:
             if not (m.isfile() or m.isdir()):
                 raise UnsafeArchiveError(f"{archive}: member {m.name!r} is a device or special file; "
                                          f"refusing to extract")
+        _check_layout(archive, [(m.name, m.isdir()) for m in members])
         _check_size(archive, sum(m.size for m in members if m.isfile()), max_bytes)
         for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=None):
             _write_member(_member_path(root, m.name, archive), m.isdir(), lambda m=m: tar.extractfile(m))
@@ -223,6 +246,7 @@ def _extract_zip(archive: Path, root: Path, max_bytes: int) -> None:
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a device or special file; "
                                          f"refusing to extract")
+        _check_layout(archive, [(info.filename, info.is_dir()) for info in infos])
         # zipfile stops reading a member at its declared size, so the declared total bounds the output.
         _check_size(archive, sum(i.file_size for i in infos), max_bytes)
         for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", disable=None):

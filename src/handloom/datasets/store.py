@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import shutil
 from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +12,16 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from handloom import schema
-from handloom.io import ParquetStream, encode_jpeg, encode_png, read_table, remove_torn_writes, sha256, write_table
+from handloom.io import (
+    ParquetStream,
+    encode_jpeg,
+    encode_png,
+    read_table,
+    replace_dir,
+    sha256,
+    staging_dir,
+    write_table,
+)
 from handloom.schema import IMAGES_DIR, MANIFEST_FILE, REJECTS_FILE
 
 IMAGES_PER_PART = 1000
@@ -68,6 +76,7 @@ class DatasetWriter:
     _part: list[dict] = field(default_factory=list)
     _parts: int = 0
     _manifest: ParquetStream | None = None
+    _staging: Path | None = None
 
     def add(self, key: schema.SampleKey, image: np.ndarray, keypoints: np.ndarray | None,
             bbox, metadata: dict, mask: np.ndarray | None = None) -> None:
@@ -78,7 +87,8 @@ class DatasetWriter:
         self._arrivals += 1
 
     def reject(self, key: str, reason: str, detail: str = "") -> None:
-        self.rejects.append(dict(key=key, dataset=self.dataset, stage="ingest", reason=reason, detail=detail))
+        self.rejects.append(dict(key=printable(key), dataset=self.dataset, stage="ingest", reason=reason,
+                                 detail=printable(detail)))
 
     def advance(self, floor: str | None = None) -> None:
         """Write every waiting sample whose key is <= floor (all of them for None)."""
@@ -102,27 +112,33 @@ class DatasetWriter:
             self._write_part()
 
     def _start(self) -> None:
-        """Replace the directory's contents: a rerun writes what a first run writes."""
-        remove_torn_writes(self.out_dir)
-        shutil.rmtree(self.out_dir / IMAGES_DIR, ignore_errors=True)
-        self._manifest = ParquetStream(self.out_dir / MANIFEST_FILE, schema.MANIFEST, IMAGES_PER_PART)
+        """Build the directory's next contents beside it (`.<name>.staging`): `write` swaps them in as one set,
+        so a crash or a kill never leaves a manifest listing the parts of another run."""
+        self._staging = staging_dir(self.out_dir)
+        self._manifest = ParquetStream(self._staging / MANIFEST_FILE, schema.MANIFEST, IMAGES_PER_PART)
 
     def _write_part(self) -> None:
-        write_table(self.out_dir / f"{IMAGES_DIR}/part-{self._parts:05d}.parquet",
+        write_table(self._staging / f"{IMAGES_DIR}/part-{self._parts:05d}.parquet",
                     schema.table_from_rows(self._part, schema.IMAGES))
         self._part, self._parts = [], self._parts + 1
 
     def write(self) -> None:
         """Write what still waits, the last image part, the manifest and the rejects (sorted, so reruns give
-        identical bytes)."""
+        identical bytes), then put them in place of the directory's contents."""
         self.advance(None)
         if self._manifest is None:
             self._start()
         if self._part or not self._parts:
             self._write_part()
         self.rejects.sort(key=lambda r: (r["key"], r["reason"]))
-        write_table(self.out_dir / REJECTS_FILE, schema.table_from_rows(self.rejects, schema.REJECTS))
+        write_table(self._staging / REJECTS_FILE, schema.table_from_rows(self.rejects, schema.REJECTS))
         self._manifest.close()
+        replace_dir(self._staging, self.out_dir)
+
+
+def printable(text: str) -> str:
+    """Text that Parquet can store: a non-UTF-8 file name (surrogates, from os.fsdecode) shown as escapes."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def read_manifest(dataset_dir: str | Path):
