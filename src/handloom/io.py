@@ -101,9 +101,9 @@ def write_json(path: str | Path, obj) -> None:
     write_bytes(path, (json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
-def write_table(path: str | Path, table: pa.Table) -> None:
+def write_table(path: str | Path, table: pa.Table, compression: str = "zstd") -> None:
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression=compression)
 
 
 ROWS_PER_GROUP = 1000  # rows per Parquet row group of a streamed table: what a reader or writer holds at once

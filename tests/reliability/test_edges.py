@@ -350,10 +350,10 @@ def test_a_crash_while_writing_leaves_the_previous_set(tmp_path, monkeypatch):
                toy_keypoints(rng, 64), (0, 0, 64, 64), {})
     real = store.write_table
 
-    def failing(path, table):
+    def failing(path, table, **options):
         if Path(path).name == schema.REJECTS_FILE:  # the last table the writer writes
             raise OSError("disk full (injected)")
-        return real(path, table)
+        return real(path, table, **options)
 
     monkeypatch.setattr(store, "write_table", failing)
     with pytest.raises(OSError, match="injected"):

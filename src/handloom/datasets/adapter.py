@@ -8,7 +8,7 @@ import sys
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -49,7 +49,7 @@ class Hand:
 class ImageRecord:
     """One native image and its hands; each crop of it becomes a sample."""
 
-    image_path: Path | None          # None when the file was not found
+    image: ImageLookup               # where its file may be, searched when the record is cropped
     sequence: str
     split: str
     hands: list[Hand]
@@ -197,8 +197,10 @@ def annotation_files(p: DatasetParams, root: Path) -> Iterator[Path]:
             yield root / rel
 
 
-def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside: Path) -> Path | None:
-    """The image named in an annotation: under images_dir, else beside the annotation file, else under root.
+def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside: Path) -> ImageLookup:
+    """Where the image named in an annotation may be: under images_dir, else beside the annotation file, else under
+    root. Only names are checked here; the worker that crops the record looks at the files (`locate`): a stat and a
+    link check per record were a third of planning's time, and planning runs in one process.
 
     Only places inside the dataset folder are looked at: a name that leaves it (`../`, an absolute path, a link
     to elsewhere) is refused as path_outside_dataset, so nothing outside a dataset is ever read."""
@@ -206,24 +208,50 @@ def find_image(root: Path, p: DatasetParams, split: str, file_name: str, beside:
         raise RecordError(schema.Reject.MISSING_FIELD, f"file_name {file_name!r} is not a file name")
     candidates = [root / p.images_dir.format(split=split) / file_name] if p.images_dir else []
     candidates += [beside / file_name, root / file_name]
-    inside = [c for c in candidates if within(c, root)]
+    inside = tuple(c for c in candidates if named_within(c, root))
+    return ImageLookup(root, file_name, inside, len(inside) < len(candidates))
+
+
+@dataclass(frozen=True)
+class ImageLookup:
+    """The places an annotation's image may be, in the order they are searched (see find_image)."""
+
+    root: Path
+    file_name: str
+    candidates: tuple[Path, ...]   # those inside the dataset folder by name
+    some_outside: bool             # a place the name would reach lies outside it
+
+
+def locate(lookup: ImageLookup) -> Path | None:
+    """The first candidate that is a file; RecordError when the name leaves the dataset folder (by name, or by a
+    link) or the file system refuses it."""
     try:
-        found = next((c for c in inside if c.is_file()), None)
+        found = next((c for c in lookup.candidates if c.is_file()), None)
     except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte in it
         raise RecordError(schema.Reject.MISSING_IMAGE, f"{type(e).__name__}: {e}") from None
-    if found is None and len(inside) < len(candidates):
-        raise RecordError(schema.Reject.PATH_OUTSIDE_DATASET, f"{file_name!r} leaves the dataset folder")
+    if (found is None and lookup.some_outside) or (found is not None and not within(found, lookup.root)):
+        raise RecordError(schema.Reject.PATH_OUTSIDE_DATASET, f"{lookup.file_name!r} leaves the dataset folder")
     return found
 
 
-def within(path: Path, root: Path) -> bool:
-    """Whether `path` lies inside `root`: first by its name alone (so `../` is never even looked at), then with
-    links followed."""
+def named_within(path: Path, root: Path) -> bool:
+    """Whether `path` lies inside `root` by its name alone, so `../` and absolute names are never even looked at."""
     top = os.path.abspath(root)
-    if not os.path.abspath(path).startswith(top.rstrip(os.sep) + os.sep):
+    return os.path.abspath(path).startswith(top.rstrip(os.sep) + os.sep)
+
+
+@lru_cache(maxsize=64)
+def resolved(root: Path) -> Path:
+    return Path(root).resolve()
+
+
+def within(path: Path, root: Path) -> bool:
+    """Whether `path` lies inside `root` by its name and with links followed. Only the file found is resolved:
+    resolving follows every component of the path (a stat each), too slow to spend on every candidate."""
+    if not named_within(path, root):
         return False
     try:
-        return path.resolve().is_relative_to(Path(root).resolve())
+        return path.resolve().is_relative_to(resolved(root))
     except (OSError, RuntimeError, ValueError):  # a link loop, a name the file system refuses
         return False
 
@@ -395,7 +423,8 @@ def crop_records(dataset: str, p: DatasetParams, root: Path, records: list[Image
 def crop_record(out: Crops, record: ImageRecord, p: DatasetParams, root: Path) -> None:
     if not 0 <= record.frame < 2**31:  # the manifest's frame column is int32
         raise RecordError(schema.Reject.BAD_RECORD, f"frame {record.frame} is not in [0, 2**31)")
-    picture = read_image(record.image_path)
+    image_path = locate(record.image)
+    picture = read_image(image_path)
     image = picture.pixels
     h, w = image.shape[:2]
     frame = annotated_frame(record, picture)
@@ -410,7 +439,7 @@ def crop_record(out: Crops, record: ImageRecord, p: DatasetParams, root: Path) -
         sequence = record.sequence if len(groups) == 1 else f"{record.sequence}_h{k}"
         key = schema.SampleKey(out.dataset, record.split, sanitise(sequence), record.frame, camera_id(record.camera))
         schema.SampleKey.parse(str(key))  # a key the later stages can read back, or a ValueError for this record
-        _add_sample(out, key, image, [hands[i] for i in group], record, p, root, picture, frame)
+        _add_sample(out, key, image, [hands[i] for i in group], record, p, relative(image_path, root), picture, frame)
 
 
 def _reject_all(writer: Crops, hands: list[Hand], reason: str, detail: str = "") -> None:
@@ -450,7 +479,7 @@ def hand_box(hand: Hand) -> crops.Box:
 
 
 def _add_sample(out: Crops, key: schema.SampleKey, image: np.ndarray, hands: list[Hand],
-                record: ImageRecord, p: DatasetParams, root: Path, picture: Picture, frame: str) -> None:
+                record: ImageRecord, p: DatasetParams, source_image: str, picture: Picture, frame: str) -> None:
     box = crops.union([hand_box(hand) for hand in hands])
     square = crops.Square.around(box, p.crop_scale)
     keypoints = None if hands[0].keypoints is None else square.keypoints(place(*hands), p.crop_size)
@@ -461,7 +490,7 @@ def _add_sample(out: Crops, key: schema.SampleKey, image: np.ndarray, hands: lis
     metadata.update(
         handedness=[s for s in schema.HANDS if s in sides],  # [] = unknown: annotate falls back to MediaPipe
         records=[hand.record_id for hand in hands], interacting=len(hands) > 1,
-        source_image=relative(record.image_path, root), source_size=[image.shape[1], image.shape[0]],
+        source_image=source_image, source_size=[image.shape[1], image.shape[0]],
         crop_square=[square.x0, square.y0, square.side])
     if picture.orientation != 1:  # where the pixels were turned, and which frame the annotation was read in
         metadata.update(exif_orientation=picture.orientation, annotation_frame=frame)

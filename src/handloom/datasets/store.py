@@ -77,6 +77,7 @@ class DatasetWriter:
     _parts: int = 0
     _manifest: ParquetStream | None = None
     _staging: Path | None = None
+    _rows: list[dict] = field(default_factory=list)    # manifest rows emitted since the last advance
 
     def add(self, key: schema.SampleKey, image: np.ndarray, keypoints: np.ndarray | None,
             bbox, metadata: dict, mask: np.ndarray | None = None) -> None:
@@ -94,6 +95,9 @@ class DatasetWriter:
         """Write every waiting sample whose key is <= floor (all of them for None)."""
         while self._waiting and (floor is None or self._waiting[0][0] <= floor):
             self._emit(heapq.heappop(self._waiting)[2])
+        if self._rows:  # a chunk's rows in one Arrow table: one row at a time cost more than cropping them
+            self._manifest.write_rows(self._rows)
+            self._rows = []
 
     def _emit(self, sample: EncodedSample) -> None:
         if sample.key == self._last_key:
@@ -104,8 +108,7 @@ class DatasetWriter:
             self._start()
         self._last_key = sample.key
         part = f"{IMAGES_DIR}/part-{self._parts:05d}.parquet"
-        self._manifest.write_rows([dict(sample.row, image_uri=f"{part}#{sample.key}", license=self.license,
-                                        source=self.source)])
+        self._rows.append(dict(sample.row, image_uri=f"{part}#{sample.key}", license=self.license, source=self.source))
         self._part.append(dict(key=sample.key, jpeg=sample.jpeg, mask_png=sample.mask_png))
         self.n_samples += 1
         if len(self._part) == IMAGES_PER_PART:
@@ -118,8 +121,9 @@ class DatasetWriter:
         self._manifest = ParquetStream(self._staging / MANIFEST_FILE, schema.MANIFEST, IMAGES_PER_PART)
 
     def _write_part(self) -> None:
+        # JPEG and PNG bytes do not compress (zstd saved 1.5 % of a part for most of the writer's time).
         write_table(self._staging / f"{IMAGES_DIR}/part-{self._parts:05d}.parquet",
-                    schema.table_from_rows(self._part, schema.IMAGES))
+                    schema.table_from_rows(self._part, schema.IMAGES), compression="none")
         self._part, self._parts = [], self._parts + 1
 
     def write(self) -> None:
