@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+
 from record import RESULTS, record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +217,8 @@ def bench_pipeline(tmp: Path, snapshot: Path, server: psutil.Process, rounds: in
               f"(whole process {flow['process']:.1f} s, load {load['flow']}): flow / dvc repro = "
               f"{runs[-1]['ratio']:.3f}; CPU {flow['cpu']:.0f} s / {dvc['cpu']:.0f} s = {runs[-1]['cpu_ratio']:.3f}",
               flush=True)
-        print("  flow stages: " + ", ".join(f"{s} {o['status']} {o['seconds']:.1f} s" for s, o in flow["stages"].items()))
+        stages = flow["stages"].items()
+        print("  flow stages: " + ", ".join(f"{s} {o['status']} {o['seconds']:.1f} s" for s, o in stages))
         print(f"  identical in both copies: {', '.join(runs[-1]['identical']) or 'none'}", flush=True)
     return {"runs": runs, "noop": bench_noop(tmp, repos["dvc"], repos["flow"], server)}
 
@@ -297,8 +299,10 @@ SETUP = ("overhead: Prefect flow run (`pipeline()` against a real local server; 
          "the whole process is in rounds[].flow_process_s), dvc time = the whole `dvc repro` process. "
          "cpu_overhead: the same with CPU seconds of each side's process tree (+ the server's for the flow). "
          "noop_*: both again with every stage up to date; noop_overhead: that difference over the median full `dvc "
-         "repro`, the flow's fixed cost without the load's noise on it. dask_speedup_2_vs_1: annotate@synthetic's fan-out "
-         "(the annotate stage with HANDLOOM_DASK_SCHEDULER, cluster start included, empty annotation cache each run) on a local Dask cluster of 1 "
+         "repro`, the flow's fixed cost without the load's noise on it. dask_speedup_2_vs_1: annotate@synthetic's "
+         "fan-out "
+         "(the annotate stage with HANDLOOM_DASK_SCHEDULER, cluster start included, empty annotation cache each run) "
+         "on a local Dask cluster of 1 "
          "vs 2 single-threaded workers, chunks of dask_chunk_size images, in turn, median of dask_rounds; "
          "parallel_capacity_2_vs_1: pure-Python work 2 processes do over 1, before and after (2.0 = two idle cores)")
 

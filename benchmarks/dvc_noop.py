@@ -59,7 +59,8 @@ def shard_repo(tmp: Path) -> Path:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         times = time_noop(shard_repo(Path(tmp)))
-    result = dict(command="python benchmarks/dvc_noop.py", shards=N_SHARDS, noop_repro_s=round(statistics.median(times), 3),
+    result = dict(command="python benchmarks/dvc_noop.py", shards=N_SHARDS,
+                  noop_repro_s=round(statistics.median(times), 3),
                   runs_s=[round(t, 3) for t in times], under_2s=statistics.median(times) < 2.0)
     record("dvc_noop", result)
     print(json.dumps(result, indent=2))

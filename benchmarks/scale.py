@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+
 from bench_prefect import parallel_capacity
 from record import record
 
@@ -107,7 +108,8 @@ def run_stage(project: Path, stage: str, workers: int) -> dict:
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"{stage} failed in {project}: see {project / f'{stage}.log'}")
-    return dict(seconds=round(seconds, 2), cpu_s=round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
+    cpu_s = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    return dict(seconds=round(seconds, 2), cpu_s=round(cpu_s, 2),
                 peak_rss_mb=round(peak / 2**20, 1))
 
 
@@ -165,10 +167,11 @@ def readme_table(result: dict) -> str:
     lines = ["| stage | " + " | ".join(f"{int(n):,} images: CPU ms/img, peak RSS" for n in sizes)
              + " | RSS growth | CPU/img growth | 2 workers vs 1 |", "|---" * (len(sizes) + 4) + "|"]
     for stage in STAGES:
-        cells = [f"{1000 * result['runs'][n][stage]['cpu_s_per_image']:.1f}, {result['runs'][n][stage]['peak_rss_mb']:.0f} MB"
-                 for n in sizes]
+        runs = [result["runs"][n][stage] for n in sizes]
+        cells = [f"{1000 * run['cpu_s_per_image']:.1f}, {run['peak_rss_mb']:.0f} MB" for run in runs]
+        speedup = result.get(f"{stage}_speedup_2_vs_1", "–")
         lines.append(f"| {stage} | " + " | ".join(cells) + f" | {result[f'{stage}_rss_growth']:.2f}x | "
-                     f"{result[f'{stage}_cpu_per_image_growth']:.2f}x | {result.get(f'{stage}_speedup_2_vs_1', '–')}x |")
+                     f"{result[f'{stage}_cpu_per_image_growth']:.2f}x | {speedup}x |")
     capacity = result.get("parallel_capacity_2_vs_1")
     if capacity:
         lines.append(f"\n2 workers vs 1 at {result['speedup_size']} images; the machine's parallel capacity (what 2 "

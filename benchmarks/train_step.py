@@ -25,7 +25,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from record import record
 
 from handloom.model.dit import dit_size
 from handloom.params import TrainParams, load_params
@@ -34,6 +33,7 @@ from handloom.shards.conditioning import CHANNELS
 from handloom.train.fit import model_geometry, trainer_options
 from handloom.train.live import LiveLogger
 from handloom.train.module import HandDiffusionModule, ModelGeometry
+from record import record
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dense bf16 peak FLOP/s by device name (no sparsity), from the vendors' data sheets.

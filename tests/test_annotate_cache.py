@@ -3,8 +3,8 @@ same bytes; every backend runs for real (MediaPipe, GrabCut, a tiny SAM, a tiny 
 from collections import Counter
 
 import pytest
-from conftest import TOY_SPECS, write_toy_dataset
 
+from conftest import TOY_SPECS, write_toy_dataset
 from handloom import schema
 from handloom.annotate import keypoints, llava, masks, sam
 from handloom.annotate.cache import AnnotationCache, params_hash

@@ -48,7 +48,8 @@ def dataset(tmp_path, monkeypatch):
         keypoints[:21, 2] *= score
         found[20 * i] = HandDetection(keypoints, ("right",) if score else (), (score, 0.0))
     writer.write()
-    monkeypatch.setattr(pipeline, "detect_many", lambda images, conf, workers: [found[int(im[0, 0, 0])] for im in images])
+    monkeypatch.setattr(pipeline, "detect_many",
+                        lambda images, conf, workers: [found[int(im[0, 0, 0])] for im in images])
     return tmp_path
 
 
@@ -60,7 +61,8 @@ def run(dataset, **params) -> dict[str, str]:
     rejects = read_rejects(dataset / "out")
     assert len(rows) + len(rejects) == len(CASES) == stats["images"]
     assert list(rejects.key) == sorted(rejects.key) and (rejects.stage == "annotate").all()
-    outcome = {k.split("/")[2]: "ok" for k in rows.key} | {k.split("/")[2]: r for k, r in zip(rejects.key, rejects.reason)}
+    outcome = {k.split("/")[2]: "ok" for k in rows.key}
+    outcome |= {k.split("/")[2]: r for k, r in zip(rejects.key, rejects.reason)}
     return outcome | {"mask_backends": dict(zip(rows.key.str.split("/").str[2], rows.mask_backend))}
 
 

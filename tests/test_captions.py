@@ -28,6 +28,7 @@ def test_llava_loads_only_local_weights(tmp_path):
 
 def test_template_caption_says_hands_gesture_view_dataset_and_camera():
     caption = template_caption("synthetic", ["right", "left"], {"gesture": "thumbs_up", "view": "palm", "camera": "2"})
-    assert caption == "A photo of a right hand and a left hand showing the thumbs up gesture, palm view (synthetic, camera 2)."
+    assert caption == ("A photo of a right hand and a left hand showing the thumbs up gesture, palm view "
+                       "(synthetic, camera 2).")
     assert template_caption("hagrid", [], {"gesture": "fist"}) == "A photo of a hand showing the fist gesture (hagrid)."
     assert template_caption("freihand", ["left"], {}) == "A photo of a left hand (freihand)."

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_adapters import SAMPLES, sample_params
 
 from handloom import schema
 from handloom.chunks import CHUNK_ENV, WORKERS_ENV, batched, map_chunks
 from handloom.datasets.ingest import ingest
 from handloom.datasets.store import DatasetWriter, read_rejects
 from handloom.io import ParquetStream, read_table, write_table
+from test_adapters import SAMPLES, sample_params
 
 
 def square_all(chunk: list[int]) -> list[int]:

@@ -4,10 +4,19 @@ import cv2
 import numpy as np
 import pytest
 
-from handloom.schema import FINGER_CHAINS, FINGERS, empty_keypoints, hand_rows
 from handloom.keypoint_metrics import bone_ratios
-from handloom.shards.conditioning import (CHANNELS, CONDITIONING, FINGER_GRAY, HAND_GRAY, annotated3, fingers11,
-                                          heatmaps42, render_conditioning, render_panel)
+from handloom.schema import FINGER_CHAINS, FINGERS, empty_keypoints, hand_rows
+from handloom.shards.conditioning import (
+    CHANNELS,
+    CONDITIONING,
+    FINGER_GRAY,
+    HAND_GRAY,
+    annotated3,
+    fingers11,
+    heatmaps42,
+    render_conditioning,
+    render_panel,
+)
 
 IMAGE, R = 512, 128  # 4x downscale: image x = 4 * model x + 1.5 puts a joint on a model pixel centre
 # A right hand at model resolution: fingers straight up, 8 px apart; its mirror (the left hand) lies

@@ -3,11 +3,11 @@ import subprocess
 
 import pytest
 import torch
-from train_project import toy_shards, train_project, train_stage
 
 from handloom.io import read_table
 from handloom.params import TrainParams
 from handloom.train.fit import trainer_options
+from train_project import toy_shards, train_project, train_stage
 
 
 def test_trainer_settings_come_from_params():

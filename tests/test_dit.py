@@ -2,7 +2,18 @@
 import pytest
 import torch
 
-from handloom.model.dit import DIT_SIZES, REFERENCE, TARGET, DiT, DiT_models, DiT_S_2, DiT_XL_2, PatchEmbed, dit_size, drop_conditions
+from handloom.model.dit import (
+    DIT_SIZES,
+    REFERENCE,
+    TARGET,
+    DiT,
+    DiT_models,
+    DiT_S_2,
+    DiT_XL_2,
+    PatchEmbed,
+    dit_size,
+    drop_conditions,
+)
 from handloom.schema import FLAG
 from handloom.shards.conditioning import CHANNELS
 

@@ -9,18 +9,18 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from dvc_toy import dvc_status, make_annotate_repo, make_toy_repo
 from prefect.artifacts import Artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
+from dvc_toy import dvc_status, make_annotate_repo, make_toy_repo
 from handloom import schema
 from handloom.annotate import pipeline as annotate_pipeline
 from handloom.annotate.keypoints import HandDetection
+from handloom.chunks import CHUNK_ENV, SCHEDULER_ENV
 from handloom.io import write_json
 from handloom.orchestrate.dvcrun import StageFailed, repro_stage
-from handloom.chunks import CHUNK_ENV, SCHEDULER_ENV
 from handloom.orchestrate.fanout import chunked
 from handloom.orchestrate.flows import ARTIFACT_KEY, pipeline
 from handloom.orchestrate.graph import read_graph
@@ -133,7 +133,8 @@ def test_annotate_on_dask_writes_byte_for_byte_what_local_processes_write(toy_da
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         monkeypatch.setenv(SCHEDULER_ENV, cluster.scheduler_address)
         monkeypatch.setenv(CHUNK_ENV, "2")
-        fanned = annotate_pipeline.annotate_dataset(ingest, fan, p.model_copy(update={"cache_dir": str(tmp_path / "c2")}))
+        other_cache = p.model_copy(update={"cache_dir": str(tmp_path / "c2")})
+        fanned = annotate_pipeline.annotate_dataset(ingest, fan, other_cache)
     write_json(fan / "stats.json", fanned)
     for name in (schema.ANNOTATIONS_FILE, schema.REJECTS_FILE, "stats.json"):
         assert (fan / name).read_bytes() == (tmp_path / "stage" / name).read_bytes(), name

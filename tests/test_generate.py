@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TOY_SPECS, toy_keypoints, write_toy_dataset
 
+from conftest import TOY_SPECS, toy_keypoints, write_toy_dataset
 from handloom import schema
 from handloom.cli import main, sampling_options
 from handloom.generate import NoHandError, generate, into_square, load_generator

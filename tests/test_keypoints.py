@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from handloom import keypoint_metrics as M
 from handloom import schema
 from handloom.annotate import keypoints as K
-from handloom import keypoint_metrics as M
 from handloom.datasets.synthetic import render_dataset
 
 

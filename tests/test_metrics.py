@@ -6,9 +6,23 @@ import pytest
 import torch
 from torch import nn
 
-from handloom.evaluate.metrics import (LPIPS_LINEAR, LPIPS_SCALE, LPIPS_SHIFT, Inception192, TorchvisionTaps,
-                                       extract_features, fid_kid, frechet_distance, kernel_inception_distance,
-                                       load_feature_extractor, load_lpips, lpips, mask_iou, psnr, ssim)
+from handloom.evaluate.metrics import (
+    LPIPS_LINEAR,
+    LPIPS_SCALE,
+    LPIPS_SHIFT,
+    Inception192,
+    TorchvisionTaps,
+    extract_features,
+    fid_kid,
+    frechet_distance,
+    kernel_inception_distance,
+    load_feature_extractor,
+    load_lpips,
+    lpips,
+    mask_iou,
+    psnr,
+    ssim,
+)
 from handloom.keypoint_metrics import dap, joint_ratio_difference, mpjpe, pck
 from handloom.schema import empty_keypoints, hand_rows
 

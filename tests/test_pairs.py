@@ -1,8 +1,8 @@
 """Every pair in the pairs table is a valid pose, view or self pair, and no sequence lies in two splits."""
 import pandas as pd
 import pytest
-from conftest import TOY_SPECS, write_toy_dataset
 
+from conftest import TOY_SPECS, write_toy_dataset
 from handloom.io import read_table
 from handloom.params import ShardParams
 from handloom.shards.pairs import make_pairs

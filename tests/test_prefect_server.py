@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 import yaml
+
 from dvc_toy import make_toy_repo
 
 pytestmark = pytest.mark.slow

@@ -2,12 +2,12 @@
 import pytest
 import torch
 import torch.nn as nn
-from train_project import TINY_TRAIN, toy_shards
 from transformers import Dinov2Config, Dinov2Model
 
 from handloom.model.repa import load_repa_encoder
 from handloom.params import TrainParams
 from handloom.train.fit import CHECKPOINT, fit, load_module
+from train_project import TINY_TRAIN, toy_shards
 
 torch.set_num_threads(1)
 

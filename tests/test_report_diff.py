@@ -5,9 +5,9 @@ import sys
 
 import numpy as np
 
+from handloom.draw import save_png
 from handloom.io import decode_image, write_json
 from handloom.report.diff import report_diff
-from handloom.draw import save_png
 
 
 def git(repo, *args):

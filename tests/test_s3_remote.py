@@ -9,8 +9,8 @@ from pathlib import Path
 
 import fsspec
 import torch
-from dvc_remote import DVC, SHARDS, clone, run, s3_credentials, tar_digests
 
+from dvc_remote import DVC, SHARDS, clone, run, s3_credentials, tar_digests
 from handloom import schema
 from handloom.params import AugmentParams, ShardParams
 from handloom.shards.reader import ExampleSpec, pair_dataset, shard_urls

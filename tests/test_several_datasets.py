@@ -16,7 +16,7 @@ from conftest import write_toy_dataset
 from handloom import schema
 from handloom.annotate.captions import template_caption
 from handloom.annotate.keypoints import suppress_duplicate
-from handloom.annotate.pipeline import Sample, sample_handedness
+from handloom.annotate.pipeline import ImageInProgress, sample_handedness
 from handloom.datasets.ingest import ingest
 from handloom.datasets.samples import DEFAULT_SAMPLES_DIR
 from handloom.datasets.store import read_manifest
@@ -117,11 +117,11 @@ def test_one_hand_found_twice_keeps_the_stronger_and_two_hands_stay():
     assert np.array_equal(suppress_duplicate(two), two)
 
 
-def sample_of(metadata: dict, gt: np.ndarray | None, mp: np.ndarray) -> Sample:
+def sample_of(metadata: dict, gt: np.ndarray | None, mp: np.ndarray) -> ImageInProgress:
     from handloom.annotate.pipeline import detection_from
 
     record = pd.Series(dict(metadata=json.dumps(metadata), dataset="d", camera="0"))
-    return Sample("d/test/s/0-0", record, np.zeros((4, 4, 3), np.uint8), "", None, gt, detection_from(mp))
+    return ImageInProgress("d/test/s/0-0", record, np.zeros((4, 4, 3), np.uint8), "", None, gt, detection_from(mp))
 
 
 def test_ground_truth_decides_handedness_and_the_rows_and_caption_follow():

@@ -4,8 +4,8 @@ import hashlib
 
 import pandas as pd
 import torch
-from conftest import write_toy_dataset
 
+from conftest import write_toy_dataset
 from handloom import schema
 from handloom.io import read_table
 from handloom.params import AugmentParams, ShardParams

@@ -10,8 +10,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import evil_tar
 
+from conftest import evil_tar
 from handloom.datasets import sources
 from handloom.datasets.ingest import ingest
 from handloom.datasets.sources import ChecksumError, SourceError, UnsafeArchiveError, resolve_source

@@ -103,7 +103,7 @@ def test_poses_respect_joint_limits():
         name, pose = kinematics.sample_pose(rng)
         assert name in kinematics.GESTURES
         assert np.all(pose >= kinematics.POSE_LIMITS[:, 0]) and np.all(pose <= kinematics.POSE_LIMITS[:, 1])
-        angles = bone_angles(kinematics.articulate(pose)[0])  # measured on the 3D skeleton, independent of the parameters
+        angles = bone_angles(kinematics.articulate(pose)[0])  # on the 3D skeleton, independent of the parameters
         # angles[j - 1] is the flexion at joint j's parent
         mcp, pip, dip = angles[[5, 9, 13, 17]], angles[[6, 10, 14, 18]], angles[[7, 11, 15, 19]]
         assert np.all(mcp <= 95) and np.all(pip <= 110 + 1e-6) and np.all(dip <= 80 + 1e-6)
@@ -121,8 +121,9 @@ def test_left_hand_is_the_mirrored_right_hand():
     pose = kinematics.gesture_pose("point")
     shape = kinematics.HandShape()
     look = appearance.Look.sample(np.random.default_rng(0))
-    states = {h: sequences._hand_state(sequences.HandTrack(h, ["point"] * 2, np.stack([pose, pose]), np.zeros((2, 3)), np.eye(3),
-                                           np.zeros(3)), shape, look, 0.0) for h in schema.HANDS}
+    tracks = {h: sequences.HandTrack(h, ["point"] * 2, np.stack([pose, pose]), np.zeros((2, 3)), np.eye(3), np.zeros(3))
+              for h in schema.HANDS}
+    states = {h: sequences._hand_state(track, shape, look, 0.0) for h, track in tracks.items()}
     assert np.allclose(states["left"].joints, states["right"].joints * [-1, 1, 1])
     # find a single left-hand and a two-hand sequence: rows follow handedness
     seqs = [S.render_sequence(2, i, 1, 1, 48, 0.5)[0] for i in range(8)]

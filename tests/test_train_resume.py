@@ -9,13 +9,13 @@ from itertools import islice
 
 import pytest
 import torch
-from train_project import TINY_TRAIN, toy_shards, train_project, train_stage
 
 from handloom.params import TrainParams
 from handloom.shards.reader import ExampleSpec
 from handloom.train.data import PairStream, batches_done
 from handloom.train.fit import CHECKPOINT, fit
 from handloom.train.live import rewind_live
+from train_project import TINY_TRAIN, toy_shards, train_project, train_stage
 
 torch.set_num_threads(1)
 

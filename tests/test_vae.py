@@ -6,13 +6,13 @@ import sys
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from train_project import ROOT, TINY_TRAIN, toy_shards
 
 from handloom.model.vae import LatentGeometry, load_autoencoder, vae_geometry
 from handloom.params import TrainParams
 from handloom.shards.reader import image_tensor, iter_samples, read_sample
 from handloom.train.fit import CHECKPOINT, example_spec, fit, load_module, model_geometry, train_loader
 from handloom.train.latents import META_FILE, LatentCache, encode_latents, open_cache
+from train_project import ROOT, TINY_TRAIN, toy_shards
 
 torch.set_num_threads(1)
 

@@ -21,8 +21,15 @@ def save_tiny_llava(path: Path, seed: int = 0) -> Path:
     """A LLaVA directory as save_pretrained writes it: a locally trained byte-level BPE tokenizer with <image>
     as a real special token, a CLIP vision tower of 32 px / patch 8 (16 patches + CLS) and a 2-layer Llama."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -183,6 +183,13 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def encode_npy(array: np.ndarray) -> bytes:
+    """A float32 .npy file's bytes (keypoints in the cache and the shards)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, np.float32))
+    return buffer.getvalue()
+
+
 def decode_image(data: bytes, gray: bool = False) -> np.ndarray | None:
     """RGB (or gray) uint8 pixels, or None when the bytes are not a readable image."""
     if not data:

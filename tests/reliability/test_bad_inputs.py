@@ -17,9 +17,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import evil_tar, write_toy_dataset
 from PIL import Image
 
+from conftest import evil_tar, write_toy_dataset
 from handloom import schema
 from handloom.annotate.pipeline import annotate_dataset
 from handloom.datasets.ingest import ingest

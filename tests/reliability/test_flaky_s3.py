@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dvc_remote import DVC, clone, run, s3_credentials
-from train_project import toy_shards
 
+from dvc_remote import DVC, clone, run, s3_credentials
 from handloom.shards.reader import ExampleSpec
 from handloom.train.data import PairStream
+from train_project import toy_shards
 
 DATA = "data/blobs"
 N_FILES, FILE_SIZE = 120, 64 << 10
@@ -95,7 +95,8 @@ def test_dvc_push_and_pull_survive_a_server_restart(s3_server, tmp_path):
 
     pulled = clone(repo, tmp_path / "clone")
     shutil.copy(repo / ".dvc" / "config.local", pulled / ".dvc")
-    with_outage(s3_server, due(pulled / ".dvc" / "cache", "pull"), lambda: run([DVC, "pull", "-j", "2"], pulled, **RETRIES))
+    with_outage(s3_server, due(pulled / ".dvc" / "cache", "pull"),
+                lambda: run([DVC, "pull", "-j", "2"], pulled, **RETRIES))
     assert N_FILES // 4 <= seen["pull"] < N_FILES + 1
     assert digests(pulled / DATA) == digests(repo / DATA) and len(digests(repo / DATA)) == N_FILES
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from train_project import TINY_TRAIN
 
 from handloom import schema
 from handloom.datasets.store import read_manifest, read_rejects
 from handloom.io import read_table
+from train_project import TINY_TRAIN
 
 PROJECT = Path(__file__).resolve().parents[2]
 KILLPOINT = Path(__file__).with_name("killpoint.py")

@@ -1,4 +1,4 @@
-"""Captions for each image: LLaVA-1.5 (llava.py) from local weights, else a sentence built from the sample's metadata."""
+"""Captions for each image: LLaVA-1.5 (llava.py) from local weights, else a sentence made from the sample's metadata."""
 from __future__ import annotations
 
 

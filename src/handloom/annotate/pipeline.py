@@ -22,7 +22,7 @@ from handloom.annotate.masks import GRABCUT_ITERATIONS, GRABCUT_SIDE, GRABCUT_VE
 from handloom.annotate.pool import pmap
 from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets.store import Record, count_images, keypoints_array, manifest_images
-from handloom.io import ParquetStream, decode_image, encode_png, remove_torn_writes, sha256
+from handloom.io import ParquetStream, decode_image, encode_npy, encode_png, remove_torn_writes, sha256
 from handloom.params import AnnotateParams
 
 KEYPOINT_BACKEND = "mediapipe-0.10.21"
@@ -32,7 +32,7 @@ IMAGES_PER_CHUNK = 64
 
 
 @dataclass
-class Sample:
+class ImageInProgress:
     """One readable image on its way through the backends."""
 
     key: str
@@ -129,7 +129,7 @@ def write_annotations(out_dir: Path, chunks: Iterable[ChunkAnnotations]) -> dict
 
 
 # --- One chunk, step by step --------------------------------------------------------------------
-def read_samples(images, rejects: list) -> list[Sample]:
+def read_samples(images, rejects: list) -> list[ImageInProgress]:
     samples = []
     for key, jpeg, mask_png, record in images:
         image = decode_image(jpeg)
@@ -138,7 +138,8 @@ def read_samples(images, rejects: list) -> list[Sample]:
         elif why := ground_truth_reject(record.gt_keypoints, image):
             rejects.append(reject_row(key, record, why))
         else:
-            samples.append(Sample(key, record, image, sha256(jpeg), mask_png, keypoints_array(record.gt_keypoints)))
+            gt = keypoints_array(record.gt_keypoints)
+            samples.append(ImageInProgress(key, record, image, sha256(jpeg), mask_png, gt))
     return samples
 
 
@@ -152,7 +153,8 @@ def ground_truth_reject(flat, image: np.ndarray) -> tuple[str, str] | None:
     return (reason, f"ground truth of {k.size} values") if reason else None
 
 
-def screen(samples: list[Sample], rejects: list, reason: Callable[[Sample], tuple[str, str] | None]) -> list[Sample]:
+def screen(samples: list[ImageInProgress], rejects: list,
+           reason: Callable[[ImageInProgress], tuple[str, str] | None]) -> list[ImageInProgress]:
     """The samples `reason` lets through; the others become reject rows."""
     kept = []
     for s in samples:
@@ -167,8 +169,8 @@ def reject_row(key: str, record, why: tuple[str, str]) -> dict:
     return dict(key=key, dataset=record.dataset, stage="annotate", reason=why[0], detail=why[1])
 
 
-def cached(cache: AnnotationCache, backend: str, ext: str, samples: list[Sample], params: Iterable[str],
-           compute: Callable[[list[Sample]], list[bytes]]) -> list[bytes]:
+def cached(cache: AnnotationCache, backend: str, ext: str, samples: list[ImageInProgress], params: Iterable[str],
+           compute: Callable[[list[ImageInProgress]], list[bytes]]) -> list[bytes]:
     """Each sample's result from the cache; the misses computed in one call, then stored."""
     params = list(params)
     found = [cache.get(backend, s.sha256, h, ext) for s, h in zip(samples, params)]
@@ -180,21 +182,15 @@ def cached(cache: AnnotationCache, backend: str, ext: str, samples: list[Sample]
     return found
 
 
-def keypoints_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -> list[HandDetection]:
-    def detect(todo: list[Sample]) -> list[bytes]:
-        return [npy_bytes(d.keypoints) for d in detect_many([s.image for s in todo], p.min_detection_confidence,
+def keypoints_of(samples: list[ImageInProgress], p: AnnotateParams, cache: AnnotationCache) -> list[HandDetection]:
+    def detect(todo: list[ImageInProgress]) -> list[bytes]:
+        return [encode_npy(d.keypoints) for d in detect_many([s.image for s in todo], p.min_detection_confidence,
                                                              p.workers or None)]
 
     key = params_hash(min_detection_confidence=p.min_detection_confidence)
     found = cached(cache, KEYPOINT_BACKEND, "npy", samples, [key] * len(samples), detect)
     # Fresh or cached, every detection is read back from the same bytes: the rows cannot tell which it was.
     return [detection_from(np.load(io.BytesIO(data))) for data in found]
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array, np.float32))
-    return buffer.getvalue()
 
 
 def detection_from(keypoints: np.ndarray) -> HandDetection:
@@ -205,7 +201,7 @@ def detection_from(keypoints: np.ndarray) -> HandDetection:
     return HandDetection(keypoints, tuple(h for h, s in zip(schema.HANDS, scores) if s), scores)
 
 
-def mask_backend(s: Sample, p: AnnotateParams) -> str:
+def mask_backend(s: ImageInProgress, p: AnnotateParams) -> str:
     """auto: the dataset's exact mask, else SAM with a checkpoint, else GrabCut."""
     backend = p.mask_backend
     if backend == "auto":
@@ -213,19 +209,19 @@ def mask_backend(s: Sample, p: AnnotateParams) -> str:
     return f"sam-{p.sam_model_type}" if backend == "sam" else backend
 
 
-def missing_mask(s: Sample, p: AnnotateParams) -> tuple[str, str] | None:
+def missing_mask(s: ImageInProgress, p: AnnotateParams) -> tuple[str, str] | None:
     if mask_backend(s, p) == "ground_truth" and s.gt_mask_png is None:
         return schema.Reject.MISSING_FIELD, "mask_backend ground_truth, but the dataset has no mask for it"
     return None
 
 
-def prompt_hash(s: Sample) -> str:
+def prompt_hash(s: ImageInProgress) -> str:
     return sha256(np.ascontiguousarray(s.prompt, np.float32).tobytes())
 
 
-def masks_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -> None:
+def masks_of(samples: list[ImageInProgress], p: AnnotateParams, cache: AnnotationCache) -> None:
     """Fill in each sample's mask: backend, PNG and area."""
-    by_backend: dict[str, list[Sample]] = {}
+    by_backend: dict[str, list[ImageInProgress]] = {}
     for s in samples:
         s.mask_backend = mask_backend(s, p)
         by_backend.setdefault(s.mask_backend, []).append(s)
@@ -244,14 +240,14 @@ def masks_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -
             s.mask_png, s.mask_area = png, int((decode_image(png, gray=True) > 127).sum())
 
 
-def sam_pngs(samples: list[Sample], p: AnnotateParams) -> list[bytes]:
+def sam_pngs(samples: list[ImageInProgress], p: AnnotateParams) -> list[bytes]:
     from handloom.annotate.sam import sam_masker  # torch and segment-anything only when SAM is asked for
 
     masker = sam_masker(p.sam_checkpoint, p.sam_model_type, p.device)
     return [encode_png(masker.mask(s.image, s.prompt)) for s in tqdm(samples, desc="sam", unit="img", leave=False)]
 
 
-def captions_of(samples: list[Sample], p: AnnotateParams, cache: AnnotationCache) -> tuple[str, list[str]]:
+def captions_of(samples: list[ImageInProgress], p: AnnotateParams, cache: AnnotationCache) -> tuple[str, list[str]]:
     """(backend, one caption per sample): LLaVA when weights are given, else the metadata template."""
     if p.caption_backend == "template" or (p.caption_backend == "auto" and not p.llava_path):
         return "template", [metadata_caption(s) for s in samples]
@@ -268,7 +264,7 @@ def sides_known(metadata: str) -> bool:
     return bool(json.loads(metadata).get("handedness"))
 
 
-def sample_handedness(s: Sample) -> tuple[list[str], str]:
+def sample_handedness(s: ImageInProgress) -> tuple[list[str], str]:
     """(the sample's hands by side, where that came from), one rule for every dataset: the ground truth's sides
     where the dataset says them; else MediaPipe's side of the ground-truth hand it agrees with (OneHand10K); else,
     without ground-truth keypoints, MediaPipe's sides; else unknown. The caption and the shard's rows follow it."""
@@ -284,12 +280,12 @@ def sample_handedness(s: Sample) -> tuple[list[str], str]:
     return (sides, "mediapipe") if sides else ([], "unknown")
 
 
-def metadata_caption(s: Sample) -> str:
+def metadata_caption(s: ImageInProgress) -> str:
     metadata = json.loads(s.record.metadata)
     return template_caption(s.record.dataset, sample_handedness(s)[0], dict(metadata, camera=s.record.camera))
 
 
-def annotation_row(s: Sample, caption: str, caption_backend: str) -> dict:
+def annotation_row(s: ImageInProgress, caption: str, caption_backend: str) -> dict:
     d = s.detection
     handedness, source = sample_handedness(s)
     return dict(key=s.key, mp_keypoints=d.keypoints.ravel().tolist(), mp_handedness=list(d.handedness),

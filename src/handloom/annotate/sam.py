@@ -1,4 +1,4 @@
-"""segment-anything's SamPredictor prompted with hand keypoints (Pelykh): the mask backend when a checkpoint is given."""
+"""segment-anything's SamPredictor prompted with hand keypoints (Pelykh): the mask backend given a checkpoint."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,9 +10,9 @@ from handloom.annotate.pipeline import annotate_dataset
 from handloom.datasets.ingest import ingest
 from handloom.datasets.samples import DEFAULT_SAMPLES_DIR, sample_params
 from handloom.datasets.store import keypoints_array, read_manifest
+from handloom.draw import markdown_table
 from handloom.io import write_bytes, write_json
 from handloom.params import AnnotateParams, load_params
-from handloom.draw import markdown_table
 from handloom.schema import HANDS, hand_present
 
 COLUMNS = ["dataset", "images", "gt_hands", "hands_detected", "detection_rate", "pck_0_1", "pck_0_2",

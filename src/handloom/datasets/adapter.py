@@ -433,7 +433,7 @@ def crop_record(out: Crops, record: ImageRecord, p: DatasetParams, root: Path) -
         for hand in hands:
             hand.box = tuple(np.multiply(hand.box, (w, h, w, h)).tolist())
     hands = [hand for hand in hands if _usable(out, hand, w, h)]
-    groups = crops.group_hands([hand_box(hand) for hand in hands], [hand.rows for hand in hands],
+    groups = crops.group_hands([annotated_box(hand) for hand in hands], [hand.rows for hand in hands],
                                p.interaction_gap, record.together)
     for k, group in enumerate(groups):
         sequence = record.sequence if len(groups) == 1 else f"{record.sequence}_h{k}"
@@ -472,7 +472,7 @@ def place(*hands: Hand) -> np.ndarray:
     return k
 
 
-def hand_box(hand: Hand) -> crops.Box:
+def annotated_box(hand: Hand) -> crops.Box:
     if hand.keypoints is None:
         return tuple(map(float, hand.box))
     return schema.hand_box(place(hand), hand.rows)
@@ -480,7 +480,7 @@ def hand_box(hand: Hand) -> crops.Box:
 
 def _add_sample(out: Crops, key: schema.SampleKey, image: np.ndarray, hands: list[Hand],
                 record: ImageRecord, p: DatasetParams, source_image: str, picture: Picture, frame: str) -> None:
-    box = crops.union([hand_box(hand) for hand in hands])
+    box = crops.union([annotated_box(hand) for hand in hands])
     square = crops.Square.around(box, p.crop_scale)
     keypoints = None if hands[0].keypoints is None else square.keypoints(place(*hands), p.crop_size)
     metadata = dict(record.metadata)

@@ -15,7 +15,6 @@ from torchvision.models.inception import BasicConv2d
 from torchvision.models.vgg import cfgs, make_layers
 
 
-
 # --- Images: (N, C, H, W) tensors, one value per image -------------------------------------------
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
     """(N,) peak signal-to-noise ratio in dB; identical images give inf."""

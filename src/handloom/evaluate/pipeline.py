@@ -65,7 +65,8 @@ def pairs_used(pairs: pd.DataFrame) -> dict[str, dict]:
 
 def per_group(pairs: pd.DataFrame, column: str, scores: Callable[[np.ndarray], dict]) -> dict[str, dict]:
     """{value: scores(row numbers of the pairs with that value)} for each value of a pairs column (kind, dataset)."""
-    return {value: scores(np.flatnonzero(pairs[column].to_numpy() == value)) for value in sorted(pairs[column].unique())}
+    values = pairs[column].to_numpy()
+    return {value: scores(np.flatnonzero(values == value)) for value in sorted(pairs[column].unique())}
 
 
 def load_examples(shards_dir: Path, pairs: pd.DataFrame, p: TrainParams) -> tuple[dict, np.ndarray]:

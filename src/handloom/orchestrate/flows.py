@@ -59,7 +59,8 @@ def _failure(outcomes: dict[str, dict]) -> str:
 
 @flow(name="handloom-pipeline", task_runner=ThreadPoolTaskRunner())
 def pipeline(targets: list[str] | None = None, params: dict[str, Any] | None = None, repo: str = ".",
-             fanout: bool = True, dask_address: str | None = None, dask_workers: int = 0, network_stages: tuple[str, ...] = ("ingest",),
+             fanout: bool = True, dask_address: str | None = None, dask_workers: int = 0,
+             network_stages: tuple[str, ...] = ("ingest",),
              retries: int = 3, retry_delay_s: float = 10.0, timeout_s: float = 6 * 3600):
     """`dvc repro <targets>` as Prefect tasks.
 

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from handloom.io import write_bytes  # noqa: E402
 
+
 def read_dvclive_series(plots_dir: Path) -> dict[str, tuple[list[float], list[float]]]:
     """Every DVCLive .tsv under plots_dir as name -> (steps, values)."""
     series = {}

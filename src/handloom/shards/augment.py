@@ -1,4 +1,4 @@
-"""FoundHand's augmentations (gamma, flip with left-right hand swap, crop) on image, mask and 42x3 keypoints together."""
+"""FoundHand's augmentations (gamma, flip with a left-right hand swap, crop) on image, mask and 42x3 keypoints."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

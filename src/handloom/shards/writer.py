@@ -22,7 +22,17 @@ import handloom.io
 from handloom import schema
 from handloom.chunks import batched, chunk_size, map_chunks
 from handloom.datasets.store import keypoints_array, manifest_images, manifest_rows
-from handloom.io import ROWS_PER_GROUP, ParquetStream, atomic_path, decode_image, encode_jpeg, write_json, write_table
+from handloom.io import (
+    ROWS_PER_GROUP,
+    ParquetStream,
+    atomic_path,
+    decode_image,
+    encode_jpeg,
+    encode_npy,
+    encode_png,
+    write_json,
+    write_table,
+)
 from handloom.params import ShardParams
 from handloom.shards.pairs import write_pairs
 
@@ -32,7 +42,7 @@ HELD_OUT_FIRST = ("test", "val", "train")  # a sequence found in several splits 
 
 
 @dataclass
-class Sample:
+class ShardSample:
     key: schema.SampleKey
     members: dict[str, bytes]   # extension -> bytes, in schema.SHARD_MEMBERS order
     index: dict                 # schema.SHARD_INDEX fields except shard/offset
@@ -43,13 +53,13 @@ class ShardPlan:
     """Sequences accumulate into a shard until it is full; a sequence never spans two shards."""
 
     p: ShardParams
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[ShardSample] = field(default_factory=list)
     bytes: int = 0
 
     def full(self) -> bool:
         return len(self.samples) >= self.p.max_samples or self.bytes >= self.p.max_mb * 2**20
 
-    def add_sequence(self, sequence: list[Sample]) -> None:
+    def add_sequence(self, sequence: list[ShardSample]) -> None:
         self.samples += sequence
         self.bytes += sum(len(b) for s in sequence for b in s.members.values())
 
@@ -76,7 +86,7 @@ def tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
     return info, io.BytesIO(data)
 
 
-def write_tar(path: Path, samples: list[Sample]) -> list[int]:
+def write_tar(path: Path, samples: list[ShardSample]) -> list[int]:
     """Write one shard atomically; returns each sample's byte offset in it."""
     offsets = []
     with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -101,7 +111,7 @@ def handedness_fields(annotation) -> dict:
     return dict(handedness=list(annotation.handedness), handedness_source=source) if isinstance(source, str) else {}
 
 
-def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> Sample | str:
+def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> ShardSample | str:
     """The shard members of one sample, or a reject reason."""
     image = decode_image(jpeg)
     if image is None:
@@ -117,19 +127,18 @@ def build_sample(key: str, record, annotation, jpeg: bytes, p: ShardParams) -> S
         mask = cv2.resize(mask, (p.crop_size, p.crop_size), interpolation=cv2.INTER_NEAREST)
     kpts = keypoints * np.float32([scale, scale, 1])
     meta = dict(key=key, dataset=record.dataset, caption=annotation.caption, metadata=json.loads(record.metadata),
-                mp_keypoints=(mp * np.float32([scale, scale, 1])).tolist(), mp_scores=[float(s) for s in annotation.mp_scores],
+                mp_keypoints=(mp * np.float32([scale, scale, 1])).tolist(),
+                mp_scores=[float(s) for s in annotation.mp_scores],
                 keypoint_source="ground_truth" if gt is not None else "mediapipe",
                 **handedness_fields(annotation),
                 mask_backend=annotation.mask_backend, caption_backend=annotation.caption_backend,
                 license=record.license, source=record.source)
-    buf = io.BytesIO()
-    np.save(buf, kpts.astype(np.float32))
-    members = {"jpg": encode_jpeg(image, p.jpeg_quality), "mask.png": cv2.imencode(".png", mask)[1].tobytes(),
-               "kpts.npy": buf.getvalue(), "json": json.dumps(meta, sort_keys=True).encode()}
+    members = {"jpg": encode_jpeg(image, p.jpeg_quality), "mask.png": encode_png(mask), "kpts.npy": encode_npy(kpts),
+               "json": json.dumps(meta, sort_keys=True).encode()}
     k = schema.SampleKey.parse(key)
     index = dict(key=key, dataset=k.dataset, split=k.split, sequence=k.sequence, frame=k.frame, camera=k.camera,
                  **quality(keypoints, annotation, gt is not None))
-    return Sample(k, members, index)
+    return ShardSample(k, members, index)
 
 
 SAMPLES_PER_CHUNK = 64  # samples per unit of work: a fraction of a second of decoding and encoding each
@@ -189,13 +198,13 @@ def shard_inputs(ingest_dir: Path, annotate_dir: Path) -> Iterator[tuple]:
         yield key, record, annotation, None if leak(record.split, record.sequence) else jpeg
 
 
-def build_chunk(p: ShardParams, inputs: list[tuple]) -> list[tuple[str, Sample | str]]:
+def build_chunk(p: ShardParams, inputs: list[tuple]) -> list[tuple[str, ShardSample | str]]:
     """(key, sample or reject reason) for a chunk of shard_inputs: the unit of work a worker owns."""
     return [(key, schema.Reject.SPLIT_LEAK if jpeg is None else build_sample(key, record, annotation, jpeg, p))
             for key, record, annotation, jpeg in inputs]
 
 
-def iter_sequences(ingest_dir: Path, annotate_dir: Path, p: ShardParams, rejects: list) -> Iterator[list[Sample]]:
+def iter_sequences(ingest_dir: Path, annotate_dir: Path, p: ShardParams, rejects: list) -> Iterator[list[ShardSample]]:
     """Samples of one dataset, built in chunks on the chunk engine, streamed in key order, grouped by
     (split, sequence)."""
     n = pq.ParquetFile(annotate_dir / schema.ANNOTATIONS_FILE).metadata.num_rows
