@@ -32,6 +32,9 @@ def multi_dataset_project(root: Path) -> Path:
         params["ingest"][name] = json.loads(p.model_dump_json(exclude_unset=True))
     params["annotate"]["cache_dir"] = str(root / ".handloom-cache" / "annotations")
     params["train"].update(max_steps=40, checkpoint_every_n_steps=20)
+    # A smaller default beside them (8 sequences of 3 frames x 3 cameras: every split still gets one sequence):
+    # the 432-image default spent most of this test's time in MediaPipe without asserting more.
+    params["ingest"]["synthetic"].update(n_sequences=8, n_frames=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
