@@ -113,10 +113,14 @@ def run_stage(project: Path, stage: str, workers: int) -> dict:
                 peak_rss_mb=round(peak / 2**20, 1))
 
 
-def run_pipeline(work: Path, dataset: Path, n: int, workers: int, tag: str) -> dict:
+def run_pipeline(work: Path, dataset: Path, n: int, workers: int, tag: str, only: tuple[str, ...] = STAGES) -> dict:
+    """Every stage in turn; those not in `only` run with 2 workers, untimed (a later stage reads their outputs)."""
     project = make_project(work / f"project-{tag}", dataset, workers)
     out = {}
     for stage in STAGES:
+        if stage not in only:
+            run_stage(project, stage, 2)
+            continue
         load = os.getloadavg()[0]
         run = run_stage(project, stage, workers)
         run.update(s_per_image=round(run["seconds"] / n, 5), cpu_s_per_image=round(run["cpu_s"] / n, 5),
@@ -200,11 +204,17 @@ def main() -> None:
     ap.add_argument("--speedup-size", type=int, default=1000, help="the size (one of --sizes) also run with 1 worker")
     ap.add_argument("--work", type=Path, default=None, help="temp folder (default: a new one, removed after)")
     ap.add_argument("--readme-only", action="store_true", help="rewrite the README's tables from results.json")
+    ap.add_argument("--speedup-only", nargs="*", choices=STAGES, metavar="STAGE",
+                    help="keep the size runs in results.json; measure only 2 workers vs 1 at --speedup-size for these "
+                         "stages (all when none is named)")
     args = ap.parse_args()
     if args.readme_only:
         from record import RESULTS
 
         write_readme(json.loads(RESULTS.read_text())["scale"])
+        return
+    if args.speedup_only is not None:
+        measure_speedup(args.speedup_size, tuple(args.speedup_only or STAGES), args.work)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="handloom-scale-"))
     started = dict(load=round(os.getloadavg()[0], 1), cpus=os.cpu_count())
@@ -248,6 +258,30 @@ def main() -> None:
     write_readme(result)
     print(json.dumps(figures, indent=1))
     print(json.dumps(result["estimate_10m"], indent=1))
+
+
+def measure_speedup(n: int, stages: tuple[str, ...], work: Path | None) -> None:
+    """2 workers vs 1 at n images for `stages`, in turn, beside the parallel capacity; updates results.json."""
+    from record import RESULTS
+
+    result = json.loads(RESULTS.read_text())["scale"]
+    folder = work or Path(tempfile.mkdtemp(prefix="handloom-speedup-"))
+    try:
+        dataset = make_dataset(n, folder / f"freihand-{n}")
+        capacity = [parallel_capacity()]
+        two = run_pipeline(folder, dataset, n, 2, f"{n} images", stages)
+        one = run_pipeline(folder, dataset, n, 1, f"{n}, 1 worker", stages)
+        capacity.append(parallel_capacity())
+    finally:
+        if work is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    for stage in stages:
+        result[f"{stage}_speedup_2_vs_1"] = round(one[stage]["seconds"] / two[stage]["seconds"], 3)
+    result.update(speedup_size=n, parallel_capacity_2_vs_1=capacity, speedup_runs={"1": one, "2": two},
+                  speedup_command="python benchmarks/scale.py " + " ".join(sys.argv[1:]))
+    record("scale", result)
+    write_readme(result)
+    print({s: result[f"{s}_speedup_2_vs_1"] for s in stages}, "parallel capacity before/after:", capacity)
 
 
 if __name__ == "__main__":
