@@ -49,20 +49,23 @@ def toy_dataset(tmp_path):
     return write_toy_dataset(tmp_path, "toy", TOY_SPECS)
 
 
-def write_toy_dataset(root, dataset: str, specs, seed: int = 0, ground_truth: bool = True):
+def write_toy_dataset(root, dataset: str, specs, seed: int = 0, ground_truth: bool = True, metadata=None,
+                      license: str = "test"):
     """`dataset` under root/ingest and root/annotations, one sample per (split, sequence, frame, camera); without
-    ground_truth the keypoints are only MediaPipe's (as HaGRID's)."""
+    ground_truth the keypoints are only MediaPipe's (as HaGRID's). `metadata(i, key)` gives sample i's metadata
+    (default: its camera)."""
     rng = np.random.default_rng(seed)
     size = 64
-    writer = DatasetWriter(root / "ingest" / dataset, dataset, license="test", source="test")
+    metadata = metadata or (lambda i, key: {"camera": key.camera})
+    writer = DatasetWriter(root / "ingest" / dataset, dataset, license=license, source="test")
     annotations = []
-    for split, seq, frame, cam in specs:
+    for i, (split, seq, frame, cam) in enumerate(specs):
         key = schema.SampleKey(dataset, split, seq, frame, cam)
         image = rng.integers(0, 255, (size, size, 3), np.uint8)
         kp = toy_keypoints(rng, size)
         mask = np.zeros((size, size), np.uint8)
         mask[16:48, 16:48] = 255
-        writer.add(key, image, kp if ground_truth else None, (0, 0, size, size), {"camera": cam}, mask=mask)
+        writer.add(key, image, kp if ground_truth else None, (0, 0, size, size), metadata(i, key), mask=mask)
         annotations.append(dict(key=str(key), mp_keypoints=kp.ravel().tolist(), mp_handedness=["right"],
                                 mp_scores=[0.9, 0.0], keypoint_backend="test", mask_png=encode_png(mask),
                                 mask_area=int((mask > 0).sum()), mask_backend="ground_truth",

@@ -230,10 +230,13 @@ STATS_DIR = "stats"                     # data/shards/stats/<shard>.json, like i
 # last, so a rerun reuses a dataset's shards only when a complete earlier run made them from the same inputs.
 DATASET_INDEX_FILE = "{dataset}.index.parquet"
 DATASET_RECORD_FILE = "{dataset}.dataset.json"
+DATASET_CARD_FILE = "{dataset}.card.json"  # what the dataset card says of it, under the record's fingerprint
+CARD_FILE = "README.md"                 # data/shards/: the Hugging Face dataset card (shards/card.py)
 
 # --- Shard members ---------------------------------------------------------------------------
 SHARD_MEMBERS = ("jpg", "mask.png", "kpts.npy", "json")
 SHARD_PATTERN = "{dataset}-{split}-{index:05d}.tar"  # one dataset per shard: adding a dataset touches only its own
+SHARD_GLOB = "{dataset}-{split}-[0-9]*.tar"  # every shard of a split ("*" for all datasets): the index is digits
 
 # --- Training batches ------------------------------------------------------------------------
 # Images are float32 in [-1, 1], (N, 3, H, W); conditioning is (N, C, H, W); flag is (N,) long.

@@ -34,6 +34,7 @@ from handloom.io import (
     write_table,
 )
 from handloom.params import ShardParams
+from handloom.shards.card import write_card
 from handloom.shards.pairs import write_pairs
 
 # The code that decides a tar's bytes: editing it must rewrite every dataset's shards.
@@ -75,7 +76,7 @@ class DatasetShards:
     def files(self, dataset: str) -> set[str]:
         """Every file this dataset owns, relative to the shards directory."""
         stats = [f"{schema.STATS_DIR}/{name}.json" for name in self.shards]
-        own = [schema.DATASET_INDEX_FILE, schema.DATASET_RECORD_FILE]
+        own = [schema.DATASET_INDEX_FILE, schema.DATASET_RECORD_FILE, schema.DATASET_CARD_FILE]
         return {*self.shards, *stats, *(f"{schema.STATS_DIR}/{f.format(dataset=dataset)}" for f in own)}
 
 
@@ -340,6 +341,7 @@ def write_shards(datasets: dict[str, tuple[Path, Path]], out_dir: Path, p: Shard
     n_pairs = write_pairs(out_dir / schema.INDEX_FILE, out_dir / schema.PAIRS_FILE, p.max_partners)
     rejects = [r for d in done.values() for r in d.rejects]
     write_table(out_dir / schema.REJECTS_FILE, schema.table_from_rows(rejects, schema.REJECTS))
+    write_card(out_dir, {name: sorted(d.shards) for name, d in done.items()})
     keep = {schema.INDEX_FILE, schema.PAIRS_FILE, schema.REJECTS_FILE}.union(*(d.files(n) for n, d in done.items()))
     remove_stale(out_dir, keep)
     return dict(samples=index.rows, shards=sum(len(d.shards) for d in done.values()), rejected=len(rejects),
