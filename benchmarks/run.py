@@ -62,4 +62,8 @@ def main(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--gpu", action="store_true", help="add the GPU figures (MFU) after the CPU run")
+    raise SystemExit(main(["--gpu"] if parser.parse_args().gpu else []))

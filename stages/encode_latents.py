@@ -7,12 +7,14 @@ from pathlib import Path
 
 from handloom.errors import run_entry_point
 from handloom.io import remove_torn_writes, write_json
+from handloom.logs import quiet_third_party
 from handloom.params import stage_args, stage_params
 
 OUT = Path("data/latents")
 
 
 def main() -> None:
+    quiet_third_party()  # before the libraries print: a log shows the stage's own lines
     params = stage_params().train
     remove_torn_writes(OUT)  # what a killed run left half-written
     if params.vae_path is None:

@@ -3,12 +3,15 @@ import sys
 from pathlib import Path
 
 from handloom.errors import run_entry_point
-from handloom.evaluate.pipeline import NoHeldOutPairs, evaluate
 from handloom.io import remove_torn_writes, write_json
+from handloom.logs import quiet_third_party
 from handloom.params import stage_args, stage_params
 
 
 def main() -> None:
+    quiet_third_party()  # before the libraries print: a log shows the stage's own lines
+    from handloom.evaluate.pipeline import NoHeldOutPairs, evaluate  # here, not above: --help must not wait for torch
+
     params = stage_params()
     try:
         result = evaluate(Path("data/models"), Path("data/shards"), Path("data/eval"), params.train, params.evaluate)

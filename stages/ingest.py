@@ -4,11 +4,13 @@ from pathlib import Path
 
 from handloom.cpu import pin_cpu_dispatch
 from handloom.errors import run_entry_point
+from handloom.logs import quiet_third_party
 from handloom.params import stage_args, stage_params
 
 
 def main(dataset: str) -> None:
     pin_cpu_dispatch()  # before numpy loads: the same bytes on every machine
+    quiet_third_party()  # before the libraries print: a log shows the stage's own lines
     from handloom.datasets.ingest import ingest
 
     params = stage_params()

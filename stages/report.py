@@ -2,11 +2,14 @@
 from pathlib import Path
 
 from handloom.errors import run_entry_point
+from handloom.logs import quiet_third_party
 from handloom.params import stage_args, stage_params
-from handloom.report.build import build_report
 
 
 def main() -> None:
+    quiet_third_party()  # before the libraries print: a log shows the stage's own lines
+    from handloom.report.build import build_report  # here, not above: --help must not wait for torch
+
     params = stage_params()
     build_report(Path("reports"), Path("data/eval"), Path("data/shards"), params.report, Path("data/models"), params)
     print("report: reports/report.md")

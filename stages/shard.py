@@ -3,11 +3,13 @@ from pathlib import Path
 
 from handloom.cpu import pin_cpu_dispatch
 from handloom.errors import run_entry_point
+from handloom.logs import quiet_third_party
 from handloom.params import stage_args, stage_params
 
 
 def main() -> None:
     pin_cpu_dispatch()  # before numpy / OpenCV load: the same crops and JPEGs on every machine
+    quiet_third_party()  # before the libraries print: a log shows the stage's own lines
     from handloom.shards.writer import write_shards
 
     params = stage_params()

@@ -1,11 +1,14 @@
-"""In-memory decoders of shard members agree with the general ones they stand in for."""
+"""In-memory decoders of shard members agree with the general ones they stand in for; atomic writes' file modes."""
 import io
+import subprocess
+import sys
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from handloom.io import decode_gray_png, decode_image, encode_png, load_npy
+from handloom.io import ParquetStream, decode_gray_png, decode_image, encode_png, load_npy, umask, write_bytes
 
 
 def png(image: np.ndarray, compression: int = 1) -> bytes:
@@ -42,3 +45,16 @@ def test_load_npy_reads_what_np_save_wrote(array):
     out = load_npy(f.getvalue())
     assert out.dtype == array.dtype and out.shape == np.shape(array) and out.flags.writeable
     np.testing.assert_array_equal(out, array)
+
+
+def test_atomic_writes_get_the_mode_open_gives(tmp_path):
+    """mkstemp makes its files 0600: renamed into place, every output (tars, PNGs of `handloom generate`) would be
+    private to its writer. They get 0666 less the umask, as open() gives; checked under two umasks."""
+    write_bytes(tmp_path / "a.bin", b"x")
+    with ParquetStream(tmp_path / "t.parquet", pa.schema([("key", pa.string())])) as stream:
+        stream.write_rows([{"key": "a"}])
+    for name in ("a.bin", "t.parquet"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask()
+    script = f"from handloom.io import write_bytes; write_bytes({str(tmp_path / 'b.bin')!r}, b'x')"
+    subprocess.run(["sh", "-c", f"umask 027 && {sys.executable} -c \"{script}\""], check=True)
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o640

@@ -1,5 +1,8 @@
 """Hand-to-body outpainting through the real diffusers loading and inpainting code, on a tiny random pipeline."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -7,9 +10,10 @@ import pytest
 import torch
 
 from handloom.cli import main
-from handloom.io import decode_image, encode_png
+from handloom.io import decode_image, encode_png, umask
 from handloom.outpaint import expansion, load_inpainting, outpaint, place_hand
 
+HANDLOOM = str(Path(sys.executable).parent / "handloom")  # pyproject's console script
 CANVAS = (48, 64)  # width, height
 AT = (16, 24)
 
@@ -110,8 +114,32 @@ def test_the_outpaint_command(pipeline_dir, tmp_path, capsys):
     args = ["outpaint", "--hand", str(tmp_path / "hand.png"), "--pipeline", str(pipeline_dir), "--canvas", "48x64",
             "--hand-size", "16", "--passes", "2", "--steps", "1", "--guidance-scale", "1", "--device", "cpu"]
     assert main([*args, "--at", "16,24", "--out", str(tmp_path / "body.png")]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("outpaint:")]
+    assert [line.split(" (")[0] for line in progress] == ["outpaint: 1/2 step", "outpaint: 2/2 step"]  # a log's lines
+    assert (tmp_path / "body.png").stat().st_mode & 0o777 == 0o666 & ~umask()
     body = decode_image((tmp_path / "body.png").read_bytes())
     assert body.shape == (64, 48, 3) and np.array_equal(body[24:40, 16:32], cv2.resize(hand, (16, 16),
                                                                                        interpolation=cv2.INTER_CUBIC))
     assert main([*args, "--at", "40,0", "--out", str(tmp_path / "off.png")]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == "error: a 16x16 hand at (40, 0) does not fit a 48x64 canvas"
+
+
+def test_a_wrong_pipeline_path_is_one_error_line(tmp_path):
+    """Not diffusers' Hub lookup ("couldn't connect to huggingface.co"), a traceback or library notices: the real
+    console script, in fresh processes (a notice shows once per process), one per kind of wrong path."""
+    (tmp_path / "hand.png").write_bytes(encode_png(np.zeros((8, 8, 3), np.uint8)))
+    missing, empty, broken = tmp_path / "missing", tmp_path / "empty", tmp_path / "broken"
+    empty.mkdir()
+    broken.mkdir()
+    (broken / "model_index.json").write_text(json.dumps({  # components named, their folders absent
+        "_class_name": "StableDiffusionInpaintPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]}))
+    runs = {path: subprocess.Popen([HANDLOOM, "outpaint", "--hand", str(tmp_path / "hand.png"), "--pipeline", str(path),
+                                    "--canvas", "32x32", "--out", str(tmp_path / "body.png"), "--device", "cpu"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for path in (missing, empty, broken)}
+    for path, proc in runs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and out == "", (path, out, err)
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and str(path) in err, err
+    assert not (tmp_path / "body.png").exists()

@@ -14,7 +14,8 @@ SRC = ROOT / "src"
 
 # The package graph runs one way: a module imports from its own package or from one listed before it.
 LAYERS = [
-    {"schema", "params", "io", "keypoint_metrics", "draw", "chunks", "cpu", "errors"},  # base: formats, params, helpers
+    {"schema", "params", "io", "keypoint_metrics", "draw", "chunks", "cpu", "errors",  # base: formats, params, helpers
+     "logs"},
     {"datasets"},
     {"annotate"},
     {"shards"},

@@ -1,10 +1,13 @@
 """The train stage on real shards: a Lightning run, a checkpoint that loads with weights_only, exact resume."""
+import re
+
 import torch
 
 from conftest import TOY_SPECS, write_toy_dataset
 from handloom.params import ShardParams, TrainParams
 from handloom.shards.writer import write_shards
 from handloom.train.fit import CHECKPOINT, fit, load_module
+from train_project import toy_shards, train_project, train_stage
 
 TINY = dict(resolution=16, batch_size=2, warmup_steps=1, sample_every_n_steps=1000, log_every_n_steps=1,
             accelerator="cpu", model=dict(patch_size=4, hidden_size=32, depth=1, num_heads=2))
@@ -68,7 +71,21 @@ def test_checkpoint_bytes_do_not_depend_on_the_folder(toy_dataset, recwarn):
 
 
 def said(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("train:")]
+    """What the stage said, less its progress lines."""
+    return [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("train:") and not line.startswith("train: step")]
+
+
+def test_a_log_file_gets_a_line_per_logged_step_and_no_third_party_notices(toy_dataset):
+    """The stage script with its output in a pipe (as CI and Prefect run it): no redrawn bar ("Epoch 0/-2 ... 6/6"
+    once at the end), but a line every log_every_n_steps; none of Lightning's notices."""
+    project = train_project(toy_dataset / "project", toy_shards(toy_dataset), max_steps=6, log_every_n_steps=2,
+                            sample_every_n_steps=1000)
+    out, _ = train_stage(project).communicate(timeout=600)
+    lines = out.splitlines()
+    assert lines[0] == "train: steps 1-6 on cpu, 1 process(es), precision 32-true", out
+    assert [re.sub(r" loss \d+\.\d{4} \(\d+\.\d\d s/step\)$", "", line) for line in lines[1:]] == [
+        "train: step 2/6", "train: step 4/6", "train: step 6/6"], out
 
 
 def test_declared_outputs_exist_and_only_same_shards_with_steps_to_go_resume(toy_dataset, tmp_path, capsys):

@@ -8,6 +8,8 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from handloom.logs import progress
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -121,9 +123,7 @@ def map_chunks(fn: Callable[[T], R], chunks: Iterable[T], workers: int | None = 
     yielded next, so neither the inputs nor finished results pile up in memory. fn must pickle (a module-level
     function or a partial of one). The progress bar counts `size(chunk)` items as each chunk finishes.
     """
-    from tqdm import tqdm
-
-    with engine(workers, n_chunks) as ran, tqdm(total=total, desc=desc, unit=unit) as bar:
+    with engine(workers, n_chunks) as ran, progress(total, desc, unit) as bar:
         window = IN_FLIGHT_PER_WORKER * ran.workers()
         pending: deque = deque()
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from handloom.errors import DEBUG_FLAG, debug_requested, exit_code
+from handloom.logs import quiet_third_party
 from handloom.params import MAX_IMAGE_SIDE, Params, load_params
 
 DEFAULT_CHECKPOINT = Path("data/models/last.ckpt")  # the train stage's output (DVC artifact hand-dit)
@@ -163,6 +164,7 @@ def run_outpaint(args) -> int:
     import torch
 
     from handloom.io import encode_png, read_image_file, write_bytes
+    from handloom.logs import progress
     from handloom.outpaint import PlacementError, load_inpainting, outpaint, place_hand
 
     width, height = args.canvas
@@ -177,8 +179,10 @@ def run_outpaint(args) -> int:
     except PlacementError as e:
         return failed(e)
     pipe = load_inpainting(args.pipeline, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    body = outpaint(pipe, hand, args.canvas, at, args.prompt, negative_prompt=args.negative_prompt,
-                    passes=args.passes, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed)
+    with progress(args.passes * args.steps, "outpaint", "step") as bar:  # minutes per pass on a CPU
+        body = outpaint(pipe, hand, args.canvas, at, args.prompt, negative_prompt=args.negative_prompt,
+                        passes=args.passes, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+                        progress=bar.update)
     write_bytes(args.out, encode_png(body))
     print(args.out)
     return 0
@@ -187,6 +191,7 @@ def run_outpaint(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Bad input (UserError, a missing file) is one line `error: ...` and exit code 2; anything else is a bug:
     one line and exit code 1, its traceback with --debug or HANDLOOM_DEBUG=1."""
+    quiet_third_party()
     parser = Parser(prog="handloom", description=__doc__)
     parser.add_argument(DEBUG_FLAG, action="store_true", help="show the traceback of an unexpected error")
     commands = parser.add_subparsers(required=True, metavar="command", parser_class=Parser)

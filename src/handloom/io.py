@@ -29,6 +29,16 @@ from handloom.errors import UserError
 Image.MAX_IMAGE_PIXELS = 200_000_000  # real photos stay far below; a decompression bomb does not
 
 
+def umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~umask()  # what open() gives a new file
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it into place only if the block succeeds.
@@ -38,6 +48,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make every output private: open() modes instead
     os.close(fd)
     try:
         yield Path(tmp)
@@ -121,6 +132,7 @@ class ParquetStream:
         self.buffered = self.rows = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)
         os.close(fd)
         self.tmp = Path(tmp)
         self._writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")

@@ -9,6 +9,7 @@ import numpy as np
 
 from handloom.annotate.pool import pmap
 from handloom.keypoint_metrics import detection_rate, pck
+from handloom.logs import native_stderr_silenced
 from handloom.schema import HANDS, JOINTS_PER_HAND, empty_keypoints, hand_rows
 
 # The legacy solution labels handedness as if the image were a mirrored selfie: on an ordinary
@@ -35,8 +36,11 @@ def make_detector(min_detection_confidence: float = 0.1):
     """A static-image MediaPipe Hands for up to two hands; it is also a context manager that frees the graph."""
     import mediapipe  # deferred: importing it costs a second and most callers only need the metrics
 
-    return mediapipe.solutions.hands.Hands(static_image_mode=True, max_num_hands=2,
-                                           min_detection_confidence=min_detection_confidence)
+    with native_stderr_silenced():  # its TFLite / absl start-up notices, printed on the first image, every run
+        hands = mediapipe.solutions.hands.Hands(static_image_mode=True, max_num_hands=2,
+                                                min_detection_confidence=min_detection_confidence)
+        hands.process(np.zeros((DETECTION_SIZE, DETECTION_SIZE, 3), np.uint8))  # static mode: no state carried
+    return hands
 
 
 def detect_hands(image_rgb: np.ndarray, detector) -> HandDetection:

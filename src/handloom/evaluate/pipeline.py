@@ -14,6 +14,7 @@ from handloom import keypoint_metrics, schema
 from handloom.annotate.keypoints import detect_all, make_detector
 from handloom.evaluate import metrics
 from handloom.io import atomic_path, read_table, remove_torn_writes
+from handloom.logs import phase
 from handloom.model.vae import load_autoencoder
 from handloom.params import EvaluateParams, TrainParams
 from handloom.shards.pairs import HOLD_OUT
@@ -135,17 +136,25 @@ def evaluate(models_dir: Path, shards_dir: Path, out_dir: Path, train_p: TrainPa
     pairs = choose_pairs(shards_dir, p.n_pairs, p.seed)
     if pairs.empty:
         raise NoHeldOutPairs(f"no held-out pairs in {shards_dir}: no dataset has a val or test split or two sequences")
+    used = ", ".join(f"{d} {u['split']} {sum(u[k] for k in schema.PAIR_KINDS)}" for d, u in pairs_used(pairs).items())
+    print(f"evaluate: {len(pairs)} held-out pairs ({used})", flush=True)
     batch, target_keypoints = load_examples(shards_dir, pairs, train_p)
     autoencoder = load_autoencoder(train_p.vae_path)  # a latent model samples latents; score decoded images
     trained = load_module(models_dir, autoencoder=autoencoder)
     L.seed_everything(train_p.seed)
     untrained = HandDiffusionModule(train_p, model_geometry(train_p), autoencoder=autoencoder).eval()
     generate = dict(p.sampling(), seed=p.seed)
-    generated, baseline = trained.sample(batch, **generate), untrained.sample(batch, **generate, use_ema=False)
+    with phase("evaluate", f"sampling the trained model ({p.sample_steps} DDIM steps)"):
+        generated = trained.sample(batch, **generate)
+    with phase("evaluate", "sampling the untrained model"):
+        baseline = untrained.sample(batch, **generate, use_ema=False)
     images = {"reference": batch["reference"], "target": batch["target"], "generated": generated, "untrained": baseline}
     pixels = {k: to_uint8(v) for k, v in images.items()}
+    detected = {}
     with make_detector(0.1) as detector:
-        detected = {k: detect_all(pixels[k], detector) for k in ("generated", "untrained", "target")}
+        for k in ("generated", "untrained", "target"):
+            with phase("evaluate", f"MediaPipe on the {len(pixels[k])} {k} images"):
+                detected[k] = detect_all(pixels[k], detector)
     perceptual = metrics.load_lpips(p.lpips_path) if p.lpips_path else None
 
     def scores(rows: np.ndarray) -> dict:

@@ -11,6 +11,7 @@ from handloom.draw import GT_COLOR, MP_COLOR, draw_keypoints, markdown_table, po
 from handloom.evaluate.pipeline import SAMPLES_FILE, choose_pairs
 from handloom.generate import MODES, generate, load_generator
 from handloom.io import read_table, remove_torn_writes, write_bytes
+from handloom.logs import phase
 from handloom.params import EvaluateParams, Params, ReportParams, TrainParams
 from handloom.report.render import plot_series, read_dvclive_series, read_json
 from handloom.shards.reader import read_sample
@@ -197,11 +198,14 @@ def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportP
     figures = reports_dir / FIGURES
     remove_torn_writes(figures)
     samples = dict(np.load(eval_dir / SAMPLES_FILE))
-    save_png(figures / "generated.png", generated_grid(samples, p.grid_rows))
+    with phase("report", "evaluation grid"):
+        save_png(figures / "generated.png", generated_grid(samples, p.grid_rows))
     datasets = sharded_datasets(shards_dir)
-    data_lines = data_figures(shards_dir, datasets, figures)
-    series = read_dvclive_series(reports_dir / "train" / "plots" / "metrics")
-    plot_series({k: v for k, v in series.items() if k.endswith("loss")}, figures / "loss.png")
+    with phase("report", f"data grids of {', '.join(datasets)}"):
+        data_lines = data_figures(shards_dir, datasets, figures)
+    with phase("report", "loss plot"):
+        series = read_dvclive_series(reports_dir / "train" / "plots" / "metrics")
+        plot_series({k: v for k, v in series.items() if k.endswith("loss")}, figures / "loss.png")
     m, train = read_json(reports_dir / "metrics.json"), read_json(reports_dir / "train" / "metrics.json")
     real = m["hands_on_real_targets"]
     lines = [
@@ -218,7 +222,8 @@ def build_report(reports_dir: Path, eval_dir: Path, shards_dir: Path, p: ReportP
         f"MediaPipe finds {real['detection_rate']:.0%} of the hands in the real targets at this resolution, "
         "the ceiling for the generated ones.", "",
         f"![reference, target pose, generated, untrained, target, keypoints]({FIGURES}/generated.png)", "",
-        *generate_section(models_dir, shards_dir, params or Params(), figures),
     ]
+    with phase("report", "generate examples"):
+        lines += generate_section(models_dir, shards_dir, params or Params(), figures)
     remove_torn_writes(reports_dir / "report.md")
     write_bytes(reports_dir / "report.md", "\n".join(lines).encode())

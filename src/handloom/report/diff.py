@@ -15,7 +15,6 @@ import numpy as np
 
 from handloom.draw import markdown_table, save_png
 from handloom.io import decode_image, write_bytes
-from handloom.report.build import FIGURES
 
 
 class RevisionUnreadable(RuntimeError):
@@ -60,6 +59,8 @@ def side_by_side(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 def report_diff(base: str, reports_dir: Path, out_dir: Path) -> Path:
     """Write out_dir/report-diff.md (+ side-by-side PNGs) comparing the workspace with `base`."""
+    from handloom.report.build import FIGURES  # here: the report stage imports torch, which --help should not wait for
+
     metrics = delta_rows(dvc_json("metrics", "diff", base))
     params = delta_rows(dvc_json("params", "diff", base))
     lines = [f"# Report diff: `{base}` → workspace", "", "## Metrics", "",

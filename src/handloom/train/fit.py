@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import fsspec
@@ -14,6 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from handloom import schema
 from handloom.io import atomic_path, remove_torn_writes
+from handloom.logs import interactive
 from handloom.model.repa import load_repa_encoder
 from handloom.model.vae import load_autoencoder, vae_geometry
 from handloom.params import TrainParams
@@ -153,6 +155,27 @@ class FinalSamples(Callback):
             module.log_samples(batch, step)
 
 
+class StepLines(Callback):
+    """In a log file, where Lightning's redrawn bar is one endless line: `train: step k/N loss x` every `every` steps
+    and at the last, after a line saying what runs where."""
+
+    def __init__(self, every: int):
+        self.every, self.start, self.first = every, 0.0, 0
+
+    def on_train_start(self, trainer, module) -> None:
+        self.start, self.first = time.monotonic(), trainer.global_step
+        if trainer.is_global_zero:
+            print(f"train: steps {trainer.global_step + 1}-{trainer.max_steps} on {trainer.strategy.root_device}, "
+                  f"{trainer.world_size} process(es), precision {trainer.precision}", flush=True)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.is_global_zero and (step % self.every == 0 or step >= trainer.max_steps):
+            pace = (time.monotonic() - self.start) / max(1, step - self.first)
+            print(f"train: step {step}/{trainer.max_steps} loss {float(outputs['loss']):.4f} ({pace:.2f} s/step)",
+                  flush=True)
+
+
 def resumable_checkpoint(models_dir: Path, p: TrainParams, geometry: ModelGeometry, fingerprint: str
                          ) -> tuple[Path | None, int]:
     """(the last checkpoint, its global step) if trained on the same shards with the same settings (but those in
@@ -206,8 +229,10 @@ def fit(p: TrainParams, shards_dir: Path, models_dir: Path, log_dir: Path,
     # to the persisted directory.
     checkpoints = ModelCheckpoint(dirpath=models_dir, save_last=True, save_top_k=0, enable_version_counter=False,
                                   every_n_train_steps=p.checkpoint_every_n_steps)
-    trainer = L.Trainer(**trainer_options(p), logger=logger, plugins=[AtomicCheckpointIO()],
-                        callbacks=[checkpoints, TrainedOn(fingerprint), FinalSamples()])
+    options = trainer_options(p)
+    progress = [] if interactive() else [StepLines(options["log_every_n_steps"])]
+    trainer = L.Trainer(**options, logger=logger, plugins=[AtomicCheckpointIO()], enable_progress_bar=not progress,
+                        callbacks=[checkpoints, TrainedOn(fingerprint), FinalSamples(), *progress])
     if trainer.is_global_zero:
         remove_torn_writes(models_dir)
         if ckpt is not None:
