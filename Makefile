@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export AWS_RETRY_MODE ?= standard
 export AWS_MAX_ATTEMPTS ?= 10
 
-.PHONY: setup repro test lint test-slow bench gpu-check clean report-diff
+.PHONY: setup repro test lint test-slow bench gpu-check clean report-diff docs-images
 
 setup: $(STAMP)
 
@@ -52,6 +52,15 @@ gpu-check: setup
 BASE ?= HEAD~1
 report-diff: setup
 	python -m handloom.report.diff $(BASE) build/report-diff
+
+# The README's example outputs (docs/generate/pose.png, view.png): the README's generate commands on the default
+# checkpoint, never edited by hand. Trains first when there is no checkpoint (`dvc pull data/models` fetches one).
+CHECKPOINT := data/models/last.ckpt
+DOCS_GENERATE := --reference docs/generate/reference.png --seed 0 --size 256 --checkpoint $(CHECKPOINT)
+docs-images: setup
+	test -f $(CHECKPOINT) || dvc repro train
+	handloom generate $(DOCS_GENERATE) --target docs/generate/pose_target.json --mode pose --out docs/generate/pose.png
+	handloom generate $(DOCS_GENERATE) --target docs/generate/view_target.png --mode view --out docs/generate/view.png
 
 clean:
 	rm -rf $(VENV)

@@ -45,3 +45,8 @@ def test_report_diff_shows_metric_and_param_deltas_and_both_figures(tmp_path, mo
     grid = decode_image((repo / "build" / "generated.png").read_bytes())
     assert grid.shape == (8, 8 + 8 + 8, 3)  # base | gap | workspace
     assert grid[0, 0, 0] == 10 and grid[0, -1, 0] == 200
+    # A figure the base lacks is copied beside the markdown: the folder alone (a CI artifact) shows every figure.
+    save_png(repo / "reports" / "figures" / "loss.png", np.full((4, 4, 3), 7, np.uint8))
+    text = report_diff("HEAD", repo / "reports", repo / "build").read_text()
+    assert "![loss](loss.png)" in text and "![generated](generated.png)" in text and "](/" not in text
+    assert (repo / "build" / "loss.png").read_bytes() == (repo / "reports" / "figures" / "loss.png").read_bytes()

@@ -6,7 +6,6 @@ the base's read with `git show`, so a pull request shows what changed without re
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,11 +45,6 @@ def base_figure(rev: str, path: str) -> np.ndarray | None:
     return decode_image(shown.stdout) if shown.returncode == 0 else None
 
 
-def relative_link(path: Path, out_dir: Path) -> str:
-    """A link that still works when the folder is uploaded or checked out elsewhere (an absolute path does not)."""
-    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
-
-
 def side_by_side(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     h = max(old.shape[0], new.shape[0])
     pad = [np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)), constant_values=255) for im in (old, new)]
@@ -69,8 +63,9 @@ def report_diff(base: str, reports_dir: Path, out_dir: Path) -> Path:
              markdown_table(params, ["file", "key", "old", "new"]) if params else "No param changed.", ""]
     for figure in sorted((reports_dir / FIGURES).glob("*.png")):
         old = base_figure(base, str(figure.relative_to(reports_dir.parent)))
-        if old is None:
-            lines += [f"## {figure.stem} (new)", "", f"![{figure.stem}]({relative_link(figure, out_dir)})", ""]
+        if old is None:  # copied beside the markdown: the folder alone (a CI artifact) shows every figure
+            write_bytes(out_dir / figure.name, figure.read_bytes())
+            lines += [f"## {figure.stem} (new)", "", f"![{figure.stem}]({figure.name})", ""]
             continue
         new = decode_image(figure.read_bytes())
         if old.shape == new.shape and np.array_equal(old, new):
