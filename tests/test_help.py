@@ -12,8 +12,10 @@ COMMANDS = [
     *([PYTHON, str(script)] for script in sorted((ROOT / "stages").glob("*.py"))),
     [PYTHON, str(ROOT / "flows" / "pipeline.py")],
     [PYTHON, "-m", "handloom.report.diff"], [PYTHON, "-m", "handloom.annotate.samples_report"],
+    [PYTHON, "-m", "handloom.orchestrate.presets"],
     *([PYTHON, str(ROOT / "benchmarks" / name)] for name in
-      ("run.py", "dvc_noop.py", "annotate.py", "loader.py", "train_step.py", "bench_prefect.py", "scale.py")),
+      ("run.py", "dvc_noop.py", "annotate.py", "loader.py", "train_step.py", "bench_prefect.py", "scale.py",
+       "gpu_plan.py", "gpu_train.py")),
 ]
 
 
