@@ -202,6 +202,14 @@ def test_readme_sections_run_top_to_bottom_in_a_fresh_clone(reader, tmp_path):
             ('split="val")  # one dataset\'s config',
              'split="val")  # one dataset\'s config\nassert {s: shards[s].num_rows > 0 for s in shards} == '
              '{"train": True, "val": True, "test": True} and synthetic.num_rows > 0', "check what it says")]),
+        Step("Training on a GPU: presets", "bash", [
+            ('eval "$(python -m handloom.orchestrate.presets gpu-b2-256)"',
+             'python -m handloom.orchestrate.presets gpu-b2-256 | grep -q "^dvc exp run -n gpu-b2-256 "',
+             "the experiment trains DiT-B/2 at 256 px on a GPU with SD's VAE: the command it evals is checked, not run"),
+            ("python -m handloom.orchestrate.presets gpu-xl2-256 --apply",
+             "cp params.yaml ../preset-params.yaml && python -m handloom.orchestrate.presets gpu-xl2-256 --apply "
+             "--params ../preset-params.yaml && grep -q 'resolution: 256' ../preset-params.yaml",
+             "applied to a copy: the clone's params.yaml stays the tiny CPU run the next sections use")]),
         Step("Reviewing a run in a pull request", "bash", [
             ("make report-diff", f"{NO_REINSTALL} report-diff", "the linked .venv")]),
         Step("Orchestration with Prefect", "bash"),
