@@ -196,7 +196,7 @@ def test_readme_sections_run_top_to_bottom_in_a_fresh_clone(reader, tmp_path):
         Step("Two commands", "bash", [
             ("make repro", f"{NO_REINSTALL} repro", "the clone's .venv is this test's, linked; tiny params"),
             ("make test    # creates .venv if missing, installs, runs pytest (CI calls this through .ci/run)",
-             f"{NO_REINSTALL} -n test && pytest -q tests/test_params.py",
+             f"{NO_REINSTALL} -n test && pytest -q tests/test_io.py",
              "the whole suite is CI's (8 minutes): its recipe is printed, one test file runs")]),
         Step("The unified schema", "python", [
             ('split="val")  # one dataset\'s config',
