@@ -205,7 +205,8 @@ def test_readme_sections_run_top_to_bottom_in_a_fresh_clone(reader, tmp_path):
         Step("Training on a GPU: presets", "bash", [
             ('eval "$(python -m handloom.orchestrate.presets gpu-b2-256)"',
              'python -m handloom.orchestrate.presets gpu-b2-256 | grep -q "^dvc exp run -n gpu-b2-256 "',
-             "the experiment trains DiT-B/2 at 256 px on a GPU with SD's VAE: the command it evals is checked, not run"),
+             "the experiment trains DiT-B/2 at 256 px on a GPU with SD's VAE: the command it evals is checked, "
+             "not run"),
             ("python -m handloom.orchestrate.presets gpu-xl2-256 --apply",
              "cp params.yaml ../preset-params.yaml && python -m handloom.orchestrate.presets gpu-xl2-256 --apply "
              "--params ../preset-params.yaml && grep -q 'resolution: 256' ../preset-params.yaml",
@@ -249,8 +250,10 @@ def test_readme_sections_run_top_to_bottom_in_a_fresh_clone(reader, tmp_path):
              "the README's `if the server asks`")]),
         Step("Pull shards from remote storage", "python", [
             ("import webdataset as wds",
-             f"import shutil, subprocess\nshutil.copytree('data/shards', '{s3_root}/my-bucket/handloom-shards')\n"
-             "import webdataset as wds", "the README's `aws s3 sync` (no AWS CLI here): the same files to the bucket"),
+             "import fsspec, pathlib\nfor f in pathlib.Path('data/shards').rglob('*'):\n    if f.is_file():\n"
+             "        name = f.relative_to('data/shards').as_posix()\n"
+             "        fsspec.filesystem('s3').put_file(str(f), f'my-bucket/handloom-shards/{name}')\n"
+             "import webdataset as wds", "the README's `aws s3 sync` (no AWS CLI here): the same files through S3"),
             ("num_workers=8)", "num_workers=1)", "2 cores"),
             ("# batches of schema.BATCH_KEYS",
              "# batches of schema.BATCH_KEYS\nfrom handloom import schema\n"
