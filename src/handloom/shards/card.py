@@ -95,7 +95,7 @@ def scan_dataset(out_dir: Path, shards: list[str]) -> dict:
                 split = schema.SampleKey.parse(meta["key"]).split
                 splits[split] = splits.get(split, 0) + 1
     return dict(json=kind, licenses=sorted(filter(None, licenses)), sources=sorted(filter(None, sources)),
-                splits=dict(sorted(splits.items())))
+                splits=splits)  # cached as JSON with sorted keys: the card orders them by schema.SPLITS
 
 
 def dataset_facts(out_dir: Path, dataset: str, shards: list[str]) -> dict:
@@ -129,6 +129,13 @@ def config(name: str, datasets: dict[str, dict], features: list[dict]) -> tuple[
     return {"config_name": name, "data_files": files}, info
 
 
+class CardDumper(yaml.SafeDumper):
+    """Every config's features written out in full: the Hub's card parser is not every YAML parser (no anchors)."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def card_text(facts: dict[str, dict]) -> str:
     """README.md: YAML metadata (configs: all datasets as `default`, and one per dataset), then a table of the
     datasets with their licenses."""
@@ -142,8 +149,9 @@ def card_text(facts: dict[str, dict]) -> str:
     meta = {"license": "other", "pretty_name": "handloom hand shards", "tags": ["hands", "webdataset"],
             "configs": list(configs), "dataset_info": list(infos)}
     rows = "\n".join(f"| `{d}` | {'; '.join(f['licenses']) or 'unknown'} | {'; '.join(f['sources'])} | "
-                     + ", ".join(f"{s} {n}" for s, n in f["splits"].items()) + " |" for d, f in facts.items())
-    return (f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n\n"
+                     + ", ".join(f"{s} {f['splits'][s]}" for s in schema.SPLITS if s in f["splits"]) + " |"
+                     for d, f in facts.items())
+    return (f"---\n{yaml.dump(meta, Dumper=CardDumper, sort_keys=False, allow_unicode=True)}---\n\n"
             "# handloom hand shards\n\n"
             "Written by the `shard` stage of handloom: WebDataset tars of square hand crops (`.jpg`), masks "
             "(`.mask.png`), 42x3 keypoints (`.kpts.npy`: rows 0-20 right hand, 21-41 left, columns x, y, "
