@@ -66,7 +66,9 @@ def cluster(tmp_path):
     log = tmp_path / "scheduler.log"
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)]
-    procs += [subprocess.Popen([DASK, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+    # Through handloom.cpu, as the README starts workers: their CPU dispatch pinned like the stages'.
+    procs += [subprocess.Popen([sys.executable, "-m", "handloom.cpu", DASK, "worker", address, "--nthreads", "1",
+                                "--no-nanny", "--no-dashboard",
                                 "--host", "127.0.0.1", "--local-directory", str(tmp_path / f"worker{i}")],
                                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True) for i in range(2)]

@@ -227,9 +227,10 @@ def test_readme_sections_run_top_to_bottom_in_a_fresh_clone(reader, tmp_path):
         Step("Multi-machine", "bash", [
             ("dask scheduler --host 10.0.0.1 --port 8786 ",
              f"dask scheduler --host 127.0.0.1 --port {dask_port} > dask.log 2>&1 & ", "this machine, a free port"),
-            ("dask worker tcp://10.0.0.1:8786 --nworkers 16",
+            ("python -m handloom.cpu dask worker tcp://10.0.0.1:8786 --nworkers 16",
              f"{{ python -c 'import socket,time\nwhile socket.socket().connect_ex((\"127.0.0.1\",{dask_port})): "
-             f"time.sleep(1)' && dask worker tcp://127.0.0.1:{dask_port} --nworkers 2", "2 cores here"),
+             f"time.sleep(1)' && python -m handloom.cpu dask worker tcp://127.0.0.1:{dask_port} --nworkers 2",
+             "2 cores here"),
             ("--nthreads 1   #", "--nthreads 1; } > dask-worker.log 2>&1 &  #",
              "a background job, its output in a file (an open pipe would keep the block from ending)"),
             ("HANDLOOM_DASK_SCHEDULER=tcp://10.0.0.1:8786 dvc repro shard",

@@ -83,6 +83,20 @@ class _Dask:
         from distributed import Client
 
         self.client = Client(address, set_as_default=False, timeout="60s")
+        self._check_dispatch()
+
+    def _check_dispatch(self) -> None:
+        """A stage pins CPU dispatch (handloom.cpu) so its bytes are the same on every machine; workers that do not
+        would write other bytes than a local run, so they are refused by name."""
+        from handloom.cpu import dispatch_pinned
+
+        if not dispatch_pinned():
+            return
+        unpinned = sorted(w for w, pinned in self.client.run(dispatch_pinned).items() if not pinned)
+        if unpinned:
+            self.client.close()
+            raise RuntimeError(f"Dask workers {', '.join(unpinned)} do not pin CPU dispatch, so they would write other "
+                               "bytes than a local run: start them with `python -m handloom.cpu dask worker ...`")
 
     def submit(self, fn, *args):
         # pure=False: two equal chunks (a rerun) are still two runs; retries on top of the scheduler's own

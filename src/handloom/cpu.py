@@ -33,3 +33,21 @@ def pin_cpu_dispatch() -> None:
     if loaded and any(os.environ.get(k) != v for k, v in PINNED_ENV.items()):
         raise RuntimeError(f"pin_cpu_dispatch() must run before {' and '.join(loaded)} is imported")
     os.environ.update(PINNED_ENV)
+
+
+def dispatch_pinned() -> bool:
+    """Whether this process runs with PINNED_ENV (a Dask worker is asked this before it gets a chunk)."""
+    return all(os.environ.get(k) == v for k, v in PINNED_ENV.items())
+
+
+def main(argv: list[str]) -> None:
+    """`python -m handloom.cpu COMMAND ...`: COMMAND with the dispatch pinned from its start, e.g. a Dask worker
+    whose chunks must write the bytes a local run writes."""
+    if not argv:
+        raise SystemExit("usage: python -m handloom.cpu COMMAND [ARGS...]  (e.g. dask worker tcp://host:8786)")
+    os.environ.update(PINNED_ENV)
+    os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -32,6 +32,11 @@ class DaskCluster:
             if self._address is None:
                 from distributed import LocalCluster
 
+                from handloom.cpu import PINNED_ENV
+
+                # The cluster's worker processes start from this environment: pinned, they write a local run's bytes.
+                os.environ.update(PINNED_ENV)
+
                 # Loopback only; no per-chunk progress bars from the workers.
                 self._cluster = LocalCluster(n_workers=self.n_workers or os.cpu_count(), threads_per_worker=1,
                                              processes=True, host="127.0.0.1", dashboard_address=None,
