@@ -164,8 +164,9 @@ def run_deployment_to_completion(reader: Reader, out: str) -> None:
 def reader(tmp_path):
     clone = tmp_path / "handloom"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    # A clone from GitHub has `main`; a clone of this worktree has it as origin/main only.
-    subprocess.run(["git", "branch", "-q", "-f", "main", "origin/main"], cwd=clone, check=True)
+    # A clone of main has `main`; a clone of another branch's worktree has it as origin/main only.
+    if subprocess.run(["git", "rev-parse", "-q", "--verify", "refs/heads/main"], cwd=clone).returncode:
+        subprocess.run(["git", "branch", "-q", "main", "origin/main"], cwd=clone, check=True)
     (clone / ".venv").symlink_to(VENV_BIN.parent)
     (clone / ".venv" / ".installed").exists() or pytest.skip("the virtualenv has no .installed stamp")
     tiny_params(clone)
