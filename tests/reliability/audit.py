@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 _seen: list[tuple[str, str]] | None = None
+_thread: int | None = None  # only the watching thread's events: a thread left running by another test is not ours
 _installed = False
 
 
 def _hook(event: str, args: tuple) -> None:
-    if _seen is None or event not in ("open", "os.listdir", "os.scandir", "os.rename", "os.replace", "os.remove",
-                                      "os.mkdir", "shutil.rmtree", "os.symlink"):
+    if _seen is None or threading.get_ident() != _thread:
+        return
+    if event not in ("open", "os.listdir", "os.scandir", "os.rename", "os.replace", "os.remove", "os.mkdir",
+                     "shutil.rmtree", "os.symlink"):
         return
     path = args[0] if args else None
     # Relative names are shutil.rmtree's, resolved against a folder descriptor it opened by absolute path (which
@@ -27,11 +31,11 @@ def _hook(event: str, args: tuple) -> None:
 @contextmanager
 def watching():
     """Yield the list of (event, absolute path) the block touches."""
-    global _seen, _installed
+    global _seen, _thread, _installed
     if not _installed:
         sys.addaudithook(_hook)
         _installed = True
-    _seen = found = []
+    _seen, _thread = (found := []), threading.get_ident()
     try:
         yield found
     finally:
