@@ -157,3 +157,21 @@ def s3_server(tmp_path, monkeypatch):
 def s3(s3_server):
     """The bucket folder of a real S3 server on loopback (see s3_server)."""
     return s3_server.root / "bucket"
+
+
+# A tiny DiT trained on the toy dataset: a real checkpoint for the CLI and generate tests (seconds, not minutes).
+TINY_TRAIN = dict(resolution=16, batch_size=2, warmup_steps=1, max_steps=2, accelerator="cpu",
+                  model=dict(patch_size=4, hidden_size=32, depth=1, num_heads=2))
+
+
+def tiny_checkpoint_in(root: Path, **train) -> Path:
+    """The toy dataset written under `root`, sharded, and trained with TINY_TRAIN (overridden by `train`)."""
+    from handloom.params import ShardParams, TrainParams
+    from handloom.shards.writer import write_shards
+    from handloom.train.fit import CHECKPOINT, fit
+
+    root = write_toy_dataset(root, "toy", TOY_SPECS)
+    write_shards({"toy": (root / "ingest" / "toy", root / "annotations" / "toy")}, root / "shards",
+                 ShardParams(crop_size=64))
+    fit(TrainParams(**{**TINY_TRAIN, **train}), root / "shards", root / "models", root / "logs")
+    return root / "models" / CHECKPOINT

@@ -14,27 +14,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TOY_SPECS, toy_keypoints, write_toy_dataset
+from conftest import TINY_TRAIN, tiny_checkpoint_in, toy_keypoints
 from handloom import schema
 from handloom.cli import main, sampling_options
 from handloom.generate import NoHandError, generate, into_square, load_generator
 from handloom.io import decode_image, encode_png
-from handloom.params import EvaluateParams, ShardParams, TrainParams
-from handloom.shards.writer import write_shards
-from handloom.train.fit import CHECKPOINT, fit
+from handloom.params import EvaluateParams, TrainParams
 
 HANDLOOM = Path(sys.executable).parent / "handloom"  # pyproject's console script
-TINY = dict(resolution=16, batch_size=2, warmup_steps=1, max_steps=2, accelerator="cpu",
-            model=dict(patch_size=4, hidden_size=32, depth=1, num_heads=2))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    root = write_toy_dataset(tmp_path_factory.mktemp("generate"), "toy", TOY_SPECS)
-    write_shards({"toy": (root / "ingest" / "toy", root / "annotations" / "toy")}, root / "shards",
-                 ShardParams(crop_size=64))
-    fit(TrainParams(**TINY), root / "shards", root / "models", root / "logs")
-    return root / "models" / CHECKPOINT
+    return tiny_checkpoint_in(tmp_path_factory.mktemp("generate"))
 
 
 @pytest.fixture
@@ -135,7 +127,7 @@ def test_mediapipe_reads_the_reference_and_a_target_image(checkpoint, tmp_path):
 def test_the_report_panel_draws_pose_and_view_pairs(checkpoint):
     from handloom.report.build import CELL, generate_examples_grid
 
-    grid = generate_examples_grid(checkpoint.parent, checkpoint.parents[1] / "shards", TrainParams(**TINY),
+    grid = generate_examples_grid(checkpoint.parent, checkpoint.parents[1] / "shards", TrainParams(**TINY_TRAIN),
                                   EvaluateParams(sample_steps=2), per_mode=1)
     assert grid.shape == (24 + 2 * CELL, 4 * CELL, 3)  # header, then a pose row and a view row
 

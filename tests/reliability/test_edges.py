@@ -22,7 +22,7 @@ import yaml
 from audit import outside, watching
 from PIL import Image
 
-from conftest import TOY_SPECS, evil_tar, toy_keypoints, write_toy_dataset
+from conftest import TOY_SPECS, evil_tar, tiny_checkpoint_in, toy_keypoints, write_toy_dataset
 from handloom import schema
 from handloom.cli import main as handloom_main
 from handloom.datasets import store
@@ -525,21 +525,9 @@ def test_flow_override_is_validated_before_the_file_is_touched(tmp_path, case):
 
 
 # --- errors: the `handloom` command ------------------------------------------------------------------------------
-TINY = dict(resolution=16, batch_size=2, warmup_steps=1, max_steps=1, accelerator="cpu",
-            model=dict(patch_size=4, hidden_size=32, depth=1, num_heads=2))
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from handloom.params import ShardParams, TrainParams
-    from handloom.shards.writer import write_shards
-    from handloom.train.fit import CHECKPOINT, fit
-
-    root = write_toy_dataset(tmp_path_factory.mktemp("ckpt"), "toy", TOY_SPECS)
-    write_shards({"toy": (root / "ingest" / "toy", root / "annotations" / "toy")}, root / "shards",
-                 ShardParams(crop_size=64))
-    fit(TrainParams(**TINY), root / "shards", root / "models", root / "logs")
-    return root / "models" / CHECKPOINT
+    return tiny_checkpoint_in(tmp_path_factory.mktemp("ckpt"), max_steps=1)
 
 
 @pytest.fixture
