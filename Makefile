@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export AWS_RETRY_MODE ?= standard
 export AWS_MAX_ATTEMPTS ?= 10
 
-.PHONY: setup repro test lint test-slow bench gpu-check clean report-diff docs-images
+.PHONY: setup repro test lint test-slow test-fuzz bench gpu-check clean report-diff docs-images
 
 setup: $(STAMP)
 
@@ -35,7 +35,10 @@ lint: setup
 	ruff check --fix $(LINTED)
 
 test-slow: setup
-	pytest -q -m slow
+	pytest -q -m "slow and not fuzz_long"
+
+test-fuzz: setup
+	pytest -q -m fuzz_long
 
 # Every ratio benchmark side by side; figures land in benchmarks/results.json and benchmarks/README.md.
 bench: setup
